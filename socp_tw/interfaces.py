@@ -1,0 +1,206 @@
+"""The contracts between socp-tw's services.
+
+Services receive their collaborators typed by these interfaces and adapt them with
+``IFoo(obj)``, so a swapped argument fails loudly.  ``socp_tw.testing`` ships an
+in-memory fake of each, checked by the same contract tests as the real thing.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IWorkers(Interface):
+    """Somewhere to run CPU-heavy work (RSA private-key operations) off the reactor thread."""
+
+    size = Attribute("How many calls may run at once.")
+
+    def run(f, *args, **kwargs):
+        """Call ``f(*args, **kwargs)``; return a Deferred firing with its result (or failure)."""
+
+
+class ISigner(Interface):
+    """Makes the frames this server sends: envelope plus transport signature."""
+
+    server_id = Attribute("This server's UUID (the ``from`` of every frame it sends).")
+    public_key_text = Attribute("This server's public key, b64u(DER SPKI).")
+
+    def frame(type, to, payload, ts=None):
+        """Return a Deferred firing with the encoded, signed frame (bytes).
+
+        ``ts`` defaults to now; relays pass the original ts.  Signing runs on the workers.
+        """
+
+    def frame_now(type, to, payload, ts=None):
+        """Like :meth:`frame` but synchronous: for cold paths and tests only."""
+
+
+class ILink(Interface):
+    """One WebSocket connection, user or server, incoming or outgoing."""
+
+    link_id = Attribute("Unique id of this connection within the process (for logs and tables).")
+    peer = Attribute("Printable remote address, e.g. ``127.0.0.1:53122``.")
+    role = Attribute('"pending" until the first identifying frame, then "user" or "server".')
+    identity = Attribute("The user or server id bound to this link, or None.")
+    outgoing = Attribute("True when we dialled this link.")
+
+    def send(frame):
+        """Queue ``frame`` (bytes, or a Deferred firing with bytes) for sending.
+
+        Frames leave in the order ``send`` was called, even when an earlier one is
+        still being signed; a Deferred that fails is logged and skipped.
+        """
+
+    def close(code=1000, reason=None):
+        """Close the connection cleanly with WebSocket close ``code``."""
+
+
+class ILinkHandler(Interface):
+    """Receives the events of links that it has claimed."""
+
+    def frame_received(link, envelope):
+        """A well-formed frame (a ``socp_tw.wire.Envelope``) arrived on ``link``."""
+
+    def link_closed(link, reason):
+        """``link`` is gone; forget it."""
+
+
+class IHub(Interface):
+    """Owns the links accepted on the listening port and routes their frames to handlers.
+
+    A connection's first frame identifies it (PROTOCOL.md §1): the handler that
+    claimed that frame type becomes the link's handler for the rest of its life.
+    """
+
+    def claim(types, handler):
+        """Make ``handler`` (an :class:`ILinkHandler`) own links whose first frame is of ``types``."""
+
+    def send_error(link, code, detail, ref=None):
+        """Send a server-signed ``ERROR {code, detail}`` on ``link`` and count it."""
+
+    def link_opened(link):
+        """A connection completed its WebSocket handshake."""
+
+    def frame_received(link, envelope):
+        """A well-formed frame arrived on an accepted ``link``."""
+
+    def frame_rejected(link, error):
+        """A frame on ``link`` failed parsing with ``error`` (a ``socp_tw.wire.FrameError``)."""
+
+    def link_closed(link, reason):
+        """``link`` is gone."""
+
+
+class IPresenceObserver(Interface):
+    """Told when a user comes online or goes offline anywhere on the mesh."""
+
+    def user_online(entry):
+        """``entry`` (a ``socp_tw.services.presence.UserPresence``) is now online."""
+
+    def user_offline(entry):
+        """``entry`` is no longer online (its ``server_id`` says where it was)."""
+
+
+class IPresence(Interface):
+    """Who is online where: ``local_users`` and ``user_locations`` of PROTOCOL.md §3.
+
+    Pure bookkeeping, no I/O: observers (gossip, relaying to local users) act on changes.
+    """
+
+    server_id = Attribute("This server's id; local users are recorded under it.")
+
+    def add_observer(observer):
+        """Call ``observer`` (an :class:`IPresenceObserver`) on every change."""
+
+    def user_online_local(user_id, pubkey, meta, link):
+        """A user completed USER_HELLO on ``link``.  Raises ``NameInUse`` if already local."""
+
+    def user_offline_local(user_id, link=None):
+        """A local user left (with ``link``: only if that is still its link).  True if removed."""
+
+    def user_online_remote(user_id, server_id, pubkey, meta):
+        """A USER_ADVERTISE said ``user_id`` is on ``server_id``.  Returns True if anything changed.
+
+        A user hosted here is never displaced by a remote advertise.
+        """
+
+    def user_offline_remote(user_id, server_id):
+        """A USER_REMOVE: forget ``user_id`` only if its location is still ``server_id``.  True if removed."""
+
+    def server_lost(server_id):
+        """Withdraw every user learnt from ``server_id``; return their ids."""
+
+    def lookup(user_id):
+        """The ``UserPresence`` of an online user, or None."""
+
+    def local_link(user_id):
+        """The :class:`ILink` of a local user, or None."""
+
+    def online_users():
+        """Sorted ids of every user known online anywhere."""
+
+    def local_entries():
+        """``UserPresence`` of every local user."""
+
+    def users_on(server_id):
+        """Ids of users hosted by ``server_id``."""
+
+
+class IPeerLinks(Interface):
+    """The server-to-server links of the mesh (PROTOCOL.md §4)."""
+
+    def connected_servers():
+        """Sorted ids of servers with a live link."""
+
+    def server_key(server_id):
+        """The pinned public key (``RSAPublicKey``) of ``server_id``, or None."""
+
+    def send_to_server(server_id, frame):
+        """Send ``frame`` (bytes or Deferred of bytes) towards ``server_id``: its own link if
+        there is one, else a relay path.  Returns False when no route exists."""
+
+    def broadcast(frame, exclude=None):
+        """Send ``frame`` on every live server link except the one with link_id ``exclude``;
+        return how many links it went to."""
+
+    def on_frame(type, handler):
+        """Call ``handler(envelope, link)`` for every verified server frame of ``type``
+        (e.g. the router takes ``SERVER_DELIVER``)."""
+
+
+class UserNotFound(Exception):
+    """Nobody on the mesh hosts this user."""
+
+
+class IRouter(Interface):
+    """Delivers user frames to wherever the recipient is (PROTOCOL.md §4-6)."""
+
+    def route(kind, recipient, fields, ts, sender, sender_pub):
+        """Deliver a user frame of ``kind`` (``MSG_DIRECT``, ``MSG_PUBLIC_CHANNEL``, ``FILE_*`` ...)
+        that local user ``sender`` sent to ``recipient``, keeping the original ``ts``.
+
+        ``fields`` are the frame's payload fields (ciphertext, content_sig, ...).
+        Local recipient: a server-signed ``USER_DELIVER`` (for a DM) or the original
+        type.  Remote: ``SERVER_DELIVER`` to the hosting server.  Returns "local" or
+        the hosting server id; raises :class:`UserNotFound`.
+        """
+
+    def deliver_from_server(envelope, origin_link):
+        """Handle a verified ``SERVER_DELIVER`` from the mesh: deliver locally after the
+        content_sig check, forward unchanged towards the hosting server, or answer the
+        origin with ``ERROR USER_NOT_FOUND`` / ``INVALID_SIG``."""
+
+
+class IStore(Interface):
+    """The server's database (PROTOCOL.md §3).  Every method returns a Deferred."""
+
+    def get_user(user_id):
+        """Fire with a dict of the ``users`` row (keys as the columns, meta decoded) or None."""
+
+    def add_user(user_id, pubkey, privkey_store, pake_password, meta):
+        """Insert a registered user; fire True, or False if ``user_id`` already exists."""
+
+    def pin_user_key(user_id, pubkey):
+        """Record a first-use key for an id never registered here (no privkey_store,
+        no verifier).  Fire True if pinned now or already pinned to the same key, False if the id
+        holds another key."""

@@ -1,0 +1,181 @@
+"""``twistd socp``: command-line options and the service graph of a SOCP server.
+
+``makeService`` returns a :class:`MultiService` whose children start in dependency
+order (workers, hub, listener) and so stop in reverse: the listener closes
+before the services it feeds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from socp_tw import wire
+from socp_tw.identity import IdentityError, load_or_create_identity
+from socp_tw.logs import LEVEL_NAMES, get_logger, set_log_level
+from socp_tw.protocols.websocket import SOCPServerFactory
+from socp_tw.services.hub import Hub
+from socp_tw.signer import FrameSigner
+from socp_tw.workers import ThreadPoolWorkers
+
+_log = get_logger("socp_tw.tap")
+
+_WS_URL = re.compile(r"^(ws|wss)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})/?$")
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    """Where to listen (an endpoint description) and how to name it (a ws:// URL)."""
+
+    endpoint: str
+    scheme: str
+    host: str
+    port: int
+
+    def url(self, port: int | None = None) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port if port is None else port}"
+
+
+def parse_ws_url(text: str) -> tuple[str, str, int]:
+    """Split ``ws://host:port`` into (scheme, host, port); raise ValueError otherwise."""
+    match = _WS_URL.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a ws://HOST:PORT URL")
+    scheme, host, port = match.group(1), match.group(2).strip("[]"), int(match.group(3))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range")
+    return scheme, host, port
+
+
+def parse_bind(text: str) -> BindAddress:
+    """Accept a ``ws://HOST:PORT`` URL or a Twisted ``tcp:`` endpoint string."""
+    if text.startswith(("ws://", "wss://")):
+        scheme, host, port = parse_ws_url(text)
+        if scheme == "wss":
+            raise ValueError("wss:// listening needs TLS support, which this build does not have yet")
+        interface = host.replace(":", "\\:")
+        return BindAddress(f"tcp:{port}:interface={interface}", scheme, host, port)
+    if text.startswith("tcp:"):
+        parts = re.split(r"(?<!\\):", text)
+        try:
+            port = int(parts[1] if "=" not in parts[1] else dict(p.split("=", 1) for p in parts[1:])["port"])
+        except (IndexError, KeyError, ValueError):
+            raise ValueError(f"endpoint {text!r} names no port") from None
+        host = "0.0.0.0"
+        for part in parts[1:]:
+            if part.startswith("interface="):
+                host = part.split("=", 1)[1].replace("\\:", ":")
+        return BindAddress(text, "ws", host, port)
+    raise ValueError(f"--bind takes ws://HOST:PORT or a tcp: endpoint string, not {text!r}")
+
+
+class Options(usage.Options):
+    """Options of ``twistd socp``."""
+
+    synopsis = "[--bind ws://HOST:PORT] [--server-id UUID] [--peer ws://HOST:PORT ...] [--data-dir DIR]"
+    longdesc = (
+        "Run a SOCP v1.3 server: users and peer servers connect to one WebSocket port. "
+        "The server id and RSA-4096 key are created in --data-dir on first start and reused afterwards."
+    )
+    optParameters = [
+        ["bind", "b", "ws://127.0.0.1:8765", "Listen address: ws://HOST:PORT or a tcp: endpoint string."],
+        ["server-id", None, None, "This server's UUID v4 (default: the stored one, or a new one)."],
+        ["data-dir", "d", "./socp-data", "Directory for the server key, id and database."],
+        ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
+        ["max-frame-bytes", None, str(wire.MAX_FRAME_BYTES), "Largest WebSocket message accepted (bytes)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["peer"] = []
+
+    def opt_peer(self, url: str) -> None:
+        """Another server to join through (repeatable): ws://HOST:PORT."""
+        try:
+            parse_ws_url(url)
+        except ValueError as e:
+            raise usage.UsageError(f"--peer: {e}") from None
+        self["peer"].append(url)
+
+    opt_p = opt_peer
+
+    def postOptions(self) -> None:
+        try:
+            self["bind_address"] = parse_bind(self["bind"])
+        except ValueError as e:
+            raise usage.UsageError(f"--bind: {e}") from None
+        server_id = self["server-id"]
+        if server_id is not None and not wire.is_uuid4(server_id):
+            raise usage.UsageError(
+                f"--server-id must be a UUID v4 (like {wire.new_uuid4()}), not {server_id!r}"
+            )
+        if self["log-level"] not in LEVEL_NAMES:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(LEVEL_NAMES)}")
+        try:
+            self["max-frame-bytes"] = int(self["max-frame-bytes"])
+        except ValueError:
+            raise usage.UsageError("--max-frame-bytes must be an integer") from None
+        if not 1024 <= self["max-frame-bytes"] <= 64 * 1024 * 1024:
+            raise usage.UsageError("--max-frame-bytes must be between 1024 and 67108864")
+
+
+class ListeningService(StreamServerEndpointService):
+    """Listen on an endpoint, fail start-up if the port is busy, log the URL once listening."""
+
+    def __init__(self, endpoint, factory, address: BindAddress, server_id: str) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.address = address
+        self.server_id = server_id
+        self.port = None
+        self.url: str | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        self.port = port
+        self.url = self.address.url(port.getHost().port)
+        self.factory.setSessionParameters(url=self.url, server=self.factory.server)
+        _log.info("Server {server_id} listening on {url}", server_id=self.server_id, url=self.url)
+        return port
+
+
+def makeService(config: Options, reactor=None) -> MultiService:
+    """Build the server's service graph from parsed ``config``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    set_log_level(config["log-level"])
+    data_dir = Path(config["data-dir"])
+    try:
+        identity = load_or_create_identity(data_dir, config["server-id"])
+    except (IdentityError, OSError) as e:
+        raise SystemExit(f"socp: {e}") from None
+
+    top = MultiService()
+    workers = ThreadPoolWorkers(reactor=reactor)
+    workers.setServiceParent(top)
+    signer = FrameSigner(identity, workers)
+    hub = Hub(signer)
+    hub.setServiceParent(top)
+
+    address: BindAddress = config["bind_address"]
+    # Port 0 (tests) is only known once listening; ListeningService sets the URL then.
+    factory = SOCPServerFactory(
+        address.url() if address.port else None, hub, max_frame_bytes=config["max-frame-bytes"]
+    )
+    listener = ListeningService(
+        endpoints.serverFromString(reactor, address.endpoint), factory, address, identity.server_id
+    )
+    listener.setName("listener")
+    listener.setServiceParent(top)
+    top.identity = identity
+    return top
