@@ -23,6 +23,8 @@ setup(
         "pyopenssl >= 24.0, < 27",
         "service-identity >= 24.1, < 27",
         "zope.interface >= 6.0, < 9",
+        # --bootstrap files are YAML (or JSON, which YAML also reads).
+        "pyyaml >= 6.0, < 7",
     ],
     extras_require={
         "test": [

@@ -1,7 +1,7 @@
 """``twistd socp``: command-line options and the service graph of a SOCP server.
 
 ``makeService`` returns a :class:`MultiService` whose children start in dependency
-order (workers, hub, listener) and so stop in reverse: the listener closes
+order (workers, hub, presence, mesh, router, listener) and so stop in reverse: the listener closes
 before the services it feeds.
 """
 
@@ -21,6 +21,9 @@ from socp_tw.identity import IdentityError, load_or_create_identity
 from socp_tw.logs import LEVEL_NAMES, get_logger, set_log_level
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.hub import Hub
+from socp_tw.services.mesh import Mesh
+from socp_tw.services.presence import Presence
+from socp_tw.services.router import Router
 from socp_tw.signer import FrameSigner
 from socp_tw.workers import ThreadPoolWorkers
 
@@ -166,6 +169,12 @@ def makeService(config: Options, reactor=None) -> MultiService:
     signer = FrameSigner(identity, workers)
     hub = Hub(signer)
     hub.setServiceParent(top)
+    presence = Presence(identity.server_id)
+    presence.setServiceParent(top)
+    mesh = Mesh()
+    mesh.setServiceParent(top)
+    router = Router(presence, signer, mesh)
+    router.setServiceParent(top)
 
     address: BindAddress = config["bind_address"]
     # Port 0 (tests) is only known once listening; ListeningService sets the URL then.

@@ -1,0 +1,175 @@
+"""Delivery of user frames to wherever the recipient is (PROTOCOL.md §4-6).
+
+Local recipient: a server-signed ``USER_DELIVER`` (DMs) or the original frame type
+(public channel, files), always with the sender and the original ``ts``.  Remote
+recipient: ``SERVER_DELIVER`` to its hosting server.  Nobody: ``USER_NOT_FOUND``.
+Frames arriving from the mesh are checked end to end (content_sig, and the
+sender's key against the one gossip taught us) before a local user sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from zope.interface import implementer
+
+from socp_tw import crypto, wire
+from socp_tw.content import ContentError, extract_fields, verify_user_content
+from socp_tw.interfaces import ILink, IPeerLinks, IPresence, IRouter, ISigner, UserNotFound
+from socp_tw.logs import get_logger
+
+
+def _discard(failure):
+    """Swallow the failure of a frame nobody will send."""
+    return None
+
+
+@implementer(IRouter)
+class Router(Service):
+    """Route user content between local links and the mesh."""
+
+    name = "router"
+    _log = get_logger("socp_tw.router")
+
+    def __init__(self, presence: IPresence, signer: ISigner, peers: IPeerLinks) -> None:
+        self._presence = IPresence(presence)
+        self._signer = ISigner(signer)
+        self._peers = IPeerLinks(peers)
+        self.counters: dict[str, int] = {}
+        self._peers.on_frame("SERVER_DELIVER", self.deliver_from_server)
+        self._peers.on_frame("ERROR", self.error_from_server)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def route(
+        self, kind: str, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str
+    ) -> str:
+        entry = self._presence.lookup(recipient)
+        if entry is None:
+            self._count("not_found")
+            raise UserNotFound(recipient)
+        if entry.local:
+            self._deliver_local(entry.link, kind, recipient, fields, ts, sender, sender_pub)
+            return "local"
+        payload = {"user_id": recipient, **fields, "sender": sender, "sender_pub": sender_pub}
+        if kind != "MSG_DIRECT":
+            payload["type"] = kind
+        frame = self._signer.frame("SERVER_DELIVER", entry.server_id, payload, ts=ts)
+        if not self._peers.send_to_server(entry.server_id, frame):
+            frame.addErrback(_discard)
+            self._count("no_route")
+            raise UserNotFound(f"{recipient} (no route to its server {entry.server_id})")
+        self._count("to_server")
+        return entry.server_id
+
+    def _deliver_local(
+        self,
+        link: ILink,
+        kind: str,
+        recipient: str,
+        fields: dict[str, Any],
+        ts: int,
+        sender: str,
+        sender_pub: str,
+    ) -> None:
+        payload = {**fields, "sender": sender, "sender_pub": sender_pub}
+        frame_type = "USER_DELIVER" if kind == "MSG_DIRECT" else kind
+        link.send(self._signer.frame(frame_type, recipient, payload, ts=ts))
+        self._count("local")
+
+    def deliver_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
+        payload = envelope.payload
+        origin = envelope.from_
+        kind = payload.get("type", "MSG_DIRECT")
+        try:
+            recipient = wire.require_uuid(payload, "user_id")
+            if "sender" not in payload:
+                raise ContentError("SERVER_DELIVER without sender cannot be verified")
+            sender = wire.require_uuid(payload, "sender")
+            sender_pub = wire.require_str(payload, "sender_pub", max_len=4096)
+            fields = extract_fields(kind, payload)
+        except wire.FrameError as error:
+            self._count("bad_deliver")
+            self._error_to_server(origin, error.code, error.detail, payload)
+            return
+        entry = self._presence.lookup(recipient)
+        if entry is not None and entry.local:
+            try:
+                known = self._presence.lookup(sender)
+                if (
+                    known is not None
+                    and known.pubkey != sender_pub
+                    and not _same_key(known.pubkey, sender_pub)
+                ):
+                    raise ContentError(f"sender_pub of {sender} differs from the key its server advertised")
+                verify_user_content(kind, fields, sender, recipient, envelope.ts, sender_pub)
+            except (ContentError, crypto.BadKey) as error:
+                self._count("invalid_sig")
+                self._log.warn(
+                    "Refused {kind} from server {origin}: {detail}",
+                    kind=kind,
+                    origin=origin,
+                    detail=error.detail,
+                )
+                self._error_to_server(origin, "INVALID_SIG", error.detail, payload)
+                return
+            self._deliver_local(entry.link, kind, recipient, fields, envelope.ts, sender, sender_pub)
+            return
+        if entry is not None and entry.server_id != origin:
+            raw = wire.encode_frame(
+                envelope.type, envelope.from_, envelope.to, envelope.ts, envelope.payload, envelope.sig
+            )
+            if self._peers.send_to_server(entry.server_id, raw):
+                self._count("forwarded")
+                return
+        self._count("not_found")
+        self._error_to_server(origin, "USER_NOT_FOUND", f"no server hosts user {recipient}", payload)
+
+    def _error_to_server(self, server_id: str, code: str, detail: str, payload: dict[str, Any]) -> None:
+        """Tell the origin server a delivery failed, naming recipient and sender for its user."""
+        error = wire.error_payload(code, detail)
+        error["msg_ref"] = "SERVER_DELIVER"
+        for name in ("user_id", "sender"):
+            if isinstance(payload.get(name), str):
+                error[name] = payload[name]
+        if isinstance(payload.get("type"), str):
+            error["kind"] = payload["type"]
+        frame = self._signer.frame("ERROR", server_id, error)
+        if not self._peers.send_to_server(server_id, frame):
+            frame.addErrback(_discard)
+
+    def error_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
+        """A peer reports a failed delivery: pass it on to our sending user.  Never answered."""
+        payload = envelope.payload
+        sender = payload.get("sender")
+        if payload.get("msg_ref") != "SERVER_DELIVER" or not isinstance(sender, str):
+            self._log.info(
+                "ERROR from server {server}: {code} {detail}",
+                server=envelope.from_,
+                code=payload.get("code"),
+                detail=payload.get("detail"),
+            )
+            return
+        link = self._presence.local_link(sender)
+        if link is None:
+            return
+        code = payload.get("code") if isinstance(payload.get("code"), str) else "DELIVERY_FAILED"
+        detail = payload.get("detail") if isinstance(payload.get("detail"), str) else ""
+        notice = wire.error_payload(code, f"delivery to {payload.get('user_id')} failed: {detail}")
+        notice["msg_ref"] = payload.get("kind", "MSG_DIRECT")
+        if isinstance(payload.get("user_id"), str):
+            notice["user_id"] = payload["user_id"]
+        self._count("failure_reported")
+        link.send(self._signer.frame("ERROR", sender, notice))
+
+
+def _same_key(a: str, b: str) -> bool:
+    """True if two key encodings (DER/PEM, padded or not) name the same key."""
+    try:
+        return crypto.encode_public_key(crypto.load_public_key(a)) == crypto.encode_public_key(
+            crypto.load_public_key(b)
+        )
+    except crypto.BadKey:
+        return False
