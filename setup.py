@@ -20,7 +20,7 @@ setup(
         "twisted[tls] >= 24.3, < 27",
         "autobahn[twisted] >= 24.4, < 27",
         "cryptography >= 42, < 51",
-        "pyopenssl >= 24.0, < 27",
+        "pyopenssl >= 24.3, < 27",
         "service-identity >= 24.1, < 27",
         "zope.interface >= 6.0, < 9",
         # --bootstrap files are YAML (or JSON, which YAML also reads).
