@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from autobahn.exception import Disconnected
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -39,7 +40,7 @@ class OrderedSender:
             return
         if isinstance(frame, bytes):
             if not self._queue:
-                self._write(frame)
+                self._write_safely(frame)
                 return
             self._queue.append([frame])
             return
@@ -60,7 +61,15 @@ class OrderedSender:
         while self._queue and self._queue[0][0] is not _PENDING:
             data = self._queue.popleft()[0]
             if data is not None and not self.closed:
-                self._write(data)
+                self._write_safely(data)
+
+    def _write_safely(self, data: bytes) -> None:
+        """Write, or drop quietly if the connection closed under us (the close is reported elsewhere)."""
+        try:
+            self._write(data)
+        except Disconnected:
+            _log.debug("Dropped a frame for {link}: connection already closing", link=self._describe)
+            self.close()
 
     def close(self) -> None:
         """Drop whatever is queued; later frames are discarded."""

@@ -64,6 +64,16 @@ def close_link(protocol: WebSocketProtocol, code: int, reason: str | None) -> No
     protocol.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason or "", 123), isReply=False)
 
 
+def cancel_close_timer(protocol: WebSocketProtocol) -> None:
+    """Cancel Autobahn's close-handshake timer, which it leaves running when the TCP
+    connection drops before the peer's close reply (a stray timer after the link is gone)."""
+    timer = getattr(protocol, "closeHandshakeTimeoutCall", None)
+    if timer is not None:
+        if timer.active():
+            timer.cancel()
+        protocol.closeHandshakeTimeoutCall = None
+
+
 @implementer(ILink)
 class SOCPServerProtocol(WebSocketServerProtocol):
     """An accepted connection (user or server): decode frames, delegate to the hub."""
@@ -109,6 +119,7 @@ class SOCPServerProtocol(WebSocketServerProtocol):
                 self._log.failure("Could not report a failure to {link}", link=self.link_id)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        cancel_close_timer(self)
         sender = getattr(self, "_sender", None)
         if sender is None:  # the handshake never completed
             return
