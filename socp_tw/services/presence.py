@@ -17,6 +17,9 @@ from zope.interface import implementer
 from socp_tw.interfaces import ILink, IPresence, IPresenceObserver
 from socp_tw.logs import get_logger
 
+#: Default bound on users learnt from other servers: gossip is hostile input too.
+MAX_REMOTE_USERS = 100_000
+
 
 class NameInUse(Exception):
     """The user id is already connected to this server."""
@@ -44,16 +47,19 @@ class Presence(Service):
     name = "presence"
     _log = get_logger("socp_tw.presence")
 
-    def __init__(self, server_id: str) -> None:
+    def __init__(self, server_id: str, max_remote_users: int = MAX_REMOTE_USERS) -> None:
         self.server_id = server_id
+        self.max_remote_users = max_remote_users
         self._users: dict[str, UserPresence] = {}
         self._observers: list[IPresenceObserver] = []
+        self._local_count = 0
+        self._full_warned = False
 
     def add_observer(self, observer: IPresenceObserver) -> None:
         self._observers.append(IPresenceObserver(observer))
 
     def _notify(self, method: str, entry: UserPresence) -> None:
-        for observer in self._observers:
+        for observer in list(self._observers):
             try:
                 getattr(observer, method)(entry)
             except Exception:
@@ -65,6 +71,7 @@ class Presence(Service):
             raise NameInUse(user_id)
         entry = UserPresence(user_id, self.server_id, pubkey, dict(meta), link)
         self._users[user_id] = entry
+        self._local_count += 1
         self._notify("user_online", entry)
         return entry
 
@@ -73,6 +80,7 @@ class Presence(Service):
         if entry is None or not entry.local or (link is not None and entry.link is not link):
             return False
         del self._users[user_id]
+        self._local_count -= 1
         self._notify("user_offline", entry)
         return True
 
@@ -88,6 +96,14 @@ class Presence(Service):
                 return False
             if (current.server_id, current.pubkey, current.meta) == (server_id, pubkey, meta):
                 return False
+        elif len(self._users) - self._local_count >= self.max_remote_users:
+            if not self._full_warned:
+                self._full_warned = True
+                self._log.error(
+                    "Presence table full ({limit} remote users): ignoring new advertises",
+                    limit=self.max_remote_users,
+                )
+            return False
         entry = UserPresence(user_id, server_id, pubkey, dict(meta))
         self._users[user_id] = entry
         self._notify("user_online", entry)
@@ -98,6 +114,7 @@ class Presence(Service):
         if entry is None or entry.local or entry.server_id != server_id:
             return False
         del self._users[user_id]
+        self._full_warned = False
         self._notify("user_offline", entry)
         return True
 
@@ -123,7 +140,17 @@ class Presence(Service):
     def users_on(self, server_id: str) -> list[str]:
         return sorted(u for u, e in self._users.items() if e.server_id == server_id and not e.local)
 
+    def remote_servers(self) -> set[str]:
+        """Ids of the servers that host at least one user we know of."""
+        return {e.server_id for e in self._users.values() if not e.local}
+
     def counts(self) -> tuple[int, int]:
         """(local users, users online anywhere)."""
-        local = sum(1 for e in self._users.values() if e.local)
-        return local, len(self._users)
+        return self._local_count, len(self._users)
+
+    def rename_server(self, server_id: str) -> None:
+        """This server was assigned another id when joining: record local users under it."""
+        old, self.server_id = self.server_id, server_id
+        for entry in self._users.values():
+            if entry.local and entry.server_id == old:
+                entry.server_id = server_id

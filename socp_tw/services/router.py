@@ -84,6 +84,9 @@ class Router(Service):
         origin = envelope.from_
         kind = payload.get("type", "MSG_DIRECT")
         try:
+            if not isinstance(kind, str):
+                kind = "MSG_DIRECT"
+                raise wire.BadFieldType("payload field 'type' must be a string", "type")
             recipient = wire.require_uuid(payload, "user_id")
             if "sender" not in payload:
                 raise ContentError("SERVER_DELIVER without sender cannot be verified")

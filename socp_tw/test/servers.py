@@ -87,4 +87,138 @@ def connect_raw(case: TestCase, url: str):
     return factory
 
 
-__all__ = ["RunningServer", "connect_raw", "prepare_data_dir", "reactor"]
+class MeshServer(RunningServer):
+    """A :class:`RunningServer` whose mesh uses short test intervals, with its mesh services at hand.
+
+    ``bind`` lets a restart reuse a port; ``tune`` may adjust the service graph before it starts.
+    """
+
+    def __init__(
+        self,
+        case: TestCase,
+        key_index: int = 0,
+        extra_args: list[str] | None = None,
+        data_dir: str | None = None,
+        *,
+        bind: str = "ws://127.0.0.1:0",
+        heartbeat_interval: float = 0.5,
+        dead_after: float = 20.0,
+        withdraw_after: float = 0.3,
+        base_delay: float = 0.05,
+        max_delay: float = 0.5,
+        tune=None,
+    ) -> None:
+        self.data_dir = data_dir or prepare_data_dir(case, key_index)
+        config = Options()
+        config.parseOptions(["--bind", bind, "--data-dir", self.data_dir, *(extra_args or [])])
+        self.service = makeService(config)
+        self.mesh = self.service.getServiceNamed("mesh")
+        self.presence = self.service.getServiceNamed("presence")
+        self.outgoing = self.service.getServiceNamed("outgoing")
+        self.mesh.heartbeat_interval = heartbeat_interval
+        self.mesh.dead_after = dead_after
+        self.mesh.withdraw_after = withdraw_after
+        self.outgoing.base_delay = base_delay
+        self.outgoing.max_delay = max_delay
+        if tune is not None:
+            tune(self)
+        self.service.startService()
+        listener = self.service.getServiceNamed("listener")
+        self.url = listener.url
+        self.port = listener.port.getHost().port
+        self.server_id = self.service.identity.server_id
+        self.public_key_text = self.service.identity.public_key_text
+        self.hub = self.service.getServiceNamed("hub")
+        self._stopped = False
+        case.addCleanup(self.stop)
+
+    def crash(self) -> Deferred:
+        """Die like a killed process: abort every connection (no close handshake, no
+        CTRL_CLOSE), then stop the services so the test leaves a clean reactor."""
+        links = list(self.hub.links.values()) + [s.link for s in self.mesh._links.values()]
+        for link in links:
+            transport = getattr(link, "transport", None)
+            if transport is not None:
+                # No close frame can leave an aborted connection: don't leave Autobahn waiting
+                # for the reply with a timer (trial would find it in the reactor).
+                link.closeHandshakeTimeout = 0
+                transport.abortConnection()
+        return self.stop()
+
+
+def wait_until(check, servers=(), timeout: float = 15.0, what: str = "condition") -> Deferred:
+    """Fire when ``check()`` is true, re-checking after every mesh change, presence change
+    or log event of ``servers`` (event-driven, no polling); fail after ``timeout`` seconds."""
+    from twisted.internet.defer import TimeoutError as DeferredTimeout
+    from twisted.logger import globalLogPublisher
+    from zope.interface import implementer
+
+    from socp_tw.interfaces import IPresenceObserver
+
+    done: Deferred = Deferred()
+    state = {"scheduled": None}
+
+    def finish(result) -> None:
+        globalLogPublisher.removeObserver(on_event)
+        if state["scheduled"] is not None and state["scheduled"].active():
+            state["scheduled"].cancel()
+        if timer.active():
+            timer.cancel()
+        if not done.called:
+            if isinstance(result, Exception):
+                done.errback(result)
+            else:
+                done.callback(result)
+
+    def evaluate() -> None:
+        state["scheduled"] = None
+        if done.called:
+            return
+        try:
+            if check():
+                finish(True)
+        except Exception as e:
+            finish(e)
+
+    def on_event(*_args) -> None:
+        if not done.called and state["scheduled"] is None:
+            state["scheduled"] = reactor.callLater(0, evaluate)
+
+    @implementer(IPresenceObserver)
+    class _Poke:
+        def user_online(self, entry) -> None:
+            on_event()
+
+        def user_offline(self, entry) -> None:
+            on_event()
+
+    for server in servers:
+        server.mesh.add_change_observer(on_event)
+        server.presence.add_observer(_Poke())
+    globalLogPublisher.addObserver(on_event)
+    timer = reactor.callLater(timeout, lambda: finish(DeferredTimeout(f"timed out waiting for {what}")))
+    on_event()
+    return done
+
+
+def full_mesh(servers) -> bool:
+    """True when every server has exactly one live link to each of the others."""
+    ids = {s.server_id for s in servers}
+    return all(set(s.mesh.connected_servers()) == ids - {s.server_id} for s in servers)
+
+
+def settled(servers) -> bool:
+    """A full mesh with no spare link left (duplicates closed, no join in progress)."""
+    return full_mesh(servers) and all(s.mesh.open_links() == len(servers) - 1 for s in servers)
+
+
+__all__ = [
+    "MeshServer",
+    "RunningServer",
+    "connect_raw",
+    "full_mesh",
+    "prepare_data_dir",
+    "reactor",
+    "settled",
+    "wait_until",
+]

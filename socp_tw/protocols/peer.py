@@ -1,0 +1,383 @@
+"""Outgoing server links: the WebSocket client protocol, and the service that redials forever.
+
+The protocol is as thin as the listening one: it parses frames and hands them to the
+mesh, which owns every decision.  A :class:`PeerDialer` keeps one outgoing link to
+one address with a Twisted ``ClientService``, redialling with exponential backoff and
+jitter; the mesh pauses it while another link to that server is live and resumes it
+when that link dies.  :class:`OutgoingLinks` owns the dialers as a service that starts
+after the listener (so our advertised port is known) and stops first.
+
+The ClientService trap (STYLE.md): ClientService resets its failure count whenever
+TCP connects, even if the WebSocket upgrade, or the peer's acceptance, then fails, so
+its own count would retry a refusing peer at a constant short delay.  The retry
+policy here ignores ClientService's count and uses the dialer's: consecutive
+attempts that did not produce a *healthy* link (one on which the peer's first
+verified frame arrived), reset only by the mesh via :meth:`PeerDialer.mark_healthy`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.types import ConnectionResponse
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from socp_tw import __version__, wire
+from socp_tw.interfaces import ILink
+from socp_tw.logs import get_logger
+from socp_tw.protocols.links import OrderedSender
+from socp_tw.protocols.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    BinaryFrame,
+    cancel_close_timer,
+    close_link,
+    tune_factory,
+)
+
+_log = get_logger("socp_tw.peer")
+
+
+def backoff_delay(
+    failures: int,
+    base: float = 0.5,
+    cap: float = 30.0,
+    jitter: float = 0.5,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before attempt number ``failures`` + 1 (``failures`` >= 1).
+
+    ``base * 2**(failures-1)``, capped at ``cap``, then reduced by up to ``jitter``
+    of itself at random so that servers which lost each other at once do not redial
+    in lock-step.  Always > 0 and <= ``cap``.
+    """
+    exponent = min(max(failures, 1) - 1, 64)
+    delay = min(cap, base * 2.0**exponent)
+    return delay * (1.0 - jitter * min(max(rand(), 0.0), 1.0)) or delay
+
+
+@implementer(ILink)
+class SOCPPeerClientProtocol(WebSocketClientProtocol):
+    """An outgoing link to another server: decode frames, delegate to the mesh."""
+
+    _log = get_logger("socp_tw.protocols.peer")
+    outgoing = True
+
+    def onConnect(self, response: ConnectionResponse) -> None:
+        dialer: PeerDialer = self.factory.dialer
+        self.link_id = f"out-{next(dialer.outgoing.link_ids)}"
+        self.peer = dialer.address
+        self.role = "pending"
+        self.identity: str | None = None
+        self._opened = False
+
+    def onOpen(self) -> None:
+        self._sender = OrderedSender(self._write_frame, self.link_id)
+        self._opened = True
+        try:
+            self.factory.dialer.opened(self)
+        except Exception:
+            self._log.failure("Mesh failed on outgoing link {link} open", link=self.link_id)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        mesh = self.factory.dialer.mesh
+        try:
+            if isBinary:
+                raise BinaryFrame("binary WebSocket messages are not SOCP frames; send JSON text")
+            envelope = wire.parse_envelope(payload, max_bytes=self.factory.max_frame_bytes)
+        except wire.FrameError as error:
+            try:
+                mesh.frame_rejected(self, error)
+            except Exception:
+                self._log.failure("Mesh failed rejecting a frame on {link}", link=self.link_id)
+            return
+        try:
+            mesh.frame_received(self, envelope)
+        except Exception:
+            self._log.failure(
+                "Mesh failed on {type} frame from {link}", type=envelope.type, link=self.link_id
+            )
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        cancel_close_timer(self)
+        opened = getattr(self, "_opened", False)
+        if opened:
+            self._sender.close()
+        try:
+            self.factory.dialer.closed(self, opened, code, reason)
+        except Exception:
+            self._log.failure("Mesh failed on outgoing link close")
+
+    # ILink
+
+    def send(self, frame) -> None:
+        sender = getattr(self, "_sender", None)
+        if sender is None:
+            if isinstance(frame, Deferred):
+                frame.addErrback(lambda f: None)
+            return
+        sender.send(frame)
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
+        close_link(self, code, reason)
+
+    def _write_frame(self, data: bytes) -> None:
+        self.sendMessage(data, isBinary=False)
+
+
+class PeerClientFactory(WebSocketClientFactory):
+    """Builds :class:`SOCPPeerClientProtocol` for one dialer."""
+
+    protocol = SOCPPeerClientProtocol
+
+    def __init__(self, dialer: PeerDialer, max_frame_bytes: int) -> None:
+        super().__init__(dialer.url, useragent=f"socp-tw/{__version__}")
+        self.dialer = dialer
+        self.max_frame_bytes = max_frame_bytes
+        tune_factory(self, max_frame_bytes)
+
+
+class _QuietClientService(ClientService):
+    """ClientService whose own retry chatter goes to a namespace we filter (we log retries ourselves)."""
+
+    _log = Logger(namespace="socp_tw.peer.clientservice", observer=lambda event: None)
+
+
+class PeerDialer:
+    """One outgoing link to one address, redialled with backoff while the mesh wants it."""
+
+    def __init__(
+        self,
+        outgoing: OutgoingLinks,
+        host: str,
+        port: int,
+        server_id: str | None = None,
+        join: bool = False,
+    ) -> None:
+        self.outgoing = outgoing
+        self.mesh = outgoing.mesh
+        self.host = host
+        self.port = port
+        self.server_id = server_id
+        self.join = join
+        self.pem = False  # send our key as b64u(PEM) in SERVER_HELLO_JOIN (bootstrap key given as PEM)
+        self.failures = 0
+        self.attempts = 0
+        self.link: SOCPPeerClientProtocol | None = None
+        self.wanted = False
+        self._service: ClientService | None = None
+        self._service_address: tuple[str, int] | None = None
+        self._resume_call: IDelayedCall | None = None
+        self._reconcile_call: IDelayedCall | None = None
+        self._link_gone: list[Deferred] = []
+
+    def __repr__(self) -> str:
+        return f"<PeerDialer {self.url} server={self.server_id} wanted={self.wanted}>"
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.address}"
+
+    # -- what the mesh asks ------------------------------------------------------------------
+
+    def resume(self, delay: float = 0.0) -> None:
+        """Dial (after ``delay`` seconds) and keep redialling until paused."""
+        if self.wanted:
+            return
+        if self._resume_call is not None and self._resume_call.active():
+            if delay > 0:
+                return
+            self._resume_call.cancel()
+        self._resume_call = None
+        if delay > 0:
+            self._resume_call = self.outgoing.clock.callLater(delay, self.resume)
+            return
+        self.wanted = True
+        self._schedule_reconcile()
+
+    def pause(self) -> None:
+        """Stop dialling (another link to this server is live); our own link, if any, is left alone."""
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
+        self.wanted = False
+        self._schedule_reconcile()
+
+    def retarget(self, host: str, port: int) -> None:
+        """The server moved: dial the new address from the next attempt on."""
+        if (host, port) != (self.host, self.port):
+            self.host, self.port = host, port
+            self._schedule_reconcile()
+
+    def mark_healthy(self) -> None:
+        """The peer accepted the link: the next redial starts from the shortest delay."""
+        self.failures = 0
+
+    # -- ClientService plumbing -----------------------------------------------------------------
+
+    def _next_delay(self, attempt: int) -> float:
+        """ClientService's retry policy: ``attempt`` is ignored on purpose (see the module doc)."""
+        self.failures += 1
+        delay = self.outgoing.delay_for(self.failures)
+        if self.wanted and self.outgoing.running:
+            _log.info(
+                "Peer {url} unreachable or link lost; retry {failures} in {delay:.1f} s",
+                url=self.url,
+                failures=self.failures,
+                delay=delay,
+            )
+        return delay
+
+    def _schedule_reconcile(self) -> None:
+        if self._reconcile_call is None or not self._reconcile_call.active():
+            self._reconcile_call = self.outgoing.clock.callLater(0, self._reconcile)
+
+    def _reconcile(self) -> None:
+        """Make the ClientService match what is wanted (always from a fresh reactor turn)."""
+        self._reconcile_call = None
+        if not self.outgoing.running:
+            return
+        if self._service is not None and self.link is None:
+            if not self.wanted or self._service_address != (self.host, self.port):
+                self._stop_service()
+        if self.wanted and self._service is None:
+            self._start_service()
+
+    def _start_service(self) -> None:
+        endpoint = self.outgoing.endpoint_for(self.host, self.port)
+        factory = PeerClientFactory(self, self.outgoing.max_frame_bytes)
+        self._service = _QuietClientService(
+            endpoint, factory, retryPolicy=self._next_delay, clock=self.outgoing.clock
+        )
+        self._service_address = (self.host, self.port)
+        self.attempts += 1
+        self._service.startService()
+
+    def _stop_service(self) -> Deferred:
+        service, self._service = self._service, None
+        if service is None or not service.running:
+            return succeed(None)
+        return service.stopService()
+
+    # -- what the protocol reports ------------------------------------------------------------------
+
+    def opened(self, link: SOCPPeerClientProtocol) -> None:
+        self.link = link
+        self.mesh.outgoing_opened(link, self)
+
+    def closed(
+        self, link: SOCPPeerClientProtocol, opened: bool, code: int | None, reason: str | None
+    ) -> None:
+        if not opened:
+            _log.debug(
+                "WebSocket handshake with {url} failed ({reason})", url=self.url, reason=reason or code
+            )
+            return
+        if link is self.link:
+            self.link = None
+        self.mesh.link_closed(link, reason or (f"code {code}" if code else "connection lost"))
+        waiting, self._link_gone = self._link_gone, []
+        for waiter in waiting:
+            self.outgoing.clock.callLater(0, waiter.callback, None)
+        self._schedule_reconcile()
+
+    def shutdown(self, reason: str = "server shutting down", code: int = CLOSE_GOING_AWAY) -> Deferred:
+        """Stop for good: say goodbye, close the link cleanly, stop redialling."""
+        for call in (self._resume_call, self._reconcile_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._resume_call = self._reconcile_call = None
+        self.wanted = False
+        if self.link is None:
+            return self._stop_service()
+        gone: Deferred = Deferred()
+        self._link_gone.append(gone)
+        if code == CLOSE_GOING_AWAY:
+            self.mesh.goodbye(self.link)
+        self.link.close(code, reason)
+        gone.addCallback(lambda _: self._stop_service())
+        return gone
+
+
+class OutgoingLinks(Service):
+    """Owns every :class:`PeerDialer`; starts after the listener and stops before it."""
+
+    name = "outgoing"
+
+    def __init__(
+        self,
+        mesh: Any,
+        reactor: Any = None,
+        *,
+        max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        jitter: float = 0.5,
+        rand: Callable[[], float] = random.random,
+        connect_timeout: float = 10.0,
+        endpoint_for: Callable[[str, int], IStreamClientEndpoint] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.clock = reactor
+        self._reactor = reactor
+        self.mesh = mesh
+        self.max_frame_bytes = max_frame_bytes
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.jitter = jitter
+        self._rand = rand
+        self.connect_timeout = connect_timeout
+        self._endpoint_for = endpoint_for
+        self.link_ids = itertools.count(1)
+        self.dialers: list[PeerDialer] = []
+        mesh.set_outgoing(self)
+
+    def delay_for(self, failures: int) -> float:
+        return backoff_delay(failures, self.base_delay, self.max_delay, self.jitter, self._rand)
+
+    def endpoint_for(self, host: str, port: int) -> IStreamClientEndpoint:
+        if self._endpoint_for is not None:
+            return self._endpoint_for(host, port)
+        if ":" in host:  # an IPv6 literal: the tcp: string parser has no IPv6 client form
+            return HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
+        return clientFromString(
+            self._reactor, f"tcp:host={host}:port={port}:timeout={self.connect_timeout:g}"
+        )
+
+    def dialer(self, host: str, port: int, server_id: str | None = None, join: bool = False) -> PeerDialer:
+        """A new (paused) dialer for ``host:port``."""
+        dialer = PeerDialer(self, host, port, server_id, join)
+        self.dialers.append(dialer)
+        return dialer
+
+    def remove(self, dialer: PeerDialer) -> Deferred:
+        """Forget ``dialer``: stop it and close its link (replaced by another dialer)."""
+        if dialer in self.dialers:
+            self.dialers.remove(dialer)
+        return dialer.shutdown("replaced by another link", CLOSE_NORMAL)
+
+    def startService(self) -> None:
+        super().startService()
+        for dialer in self.dialers:
+            dialer._schedule_reconcile()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return DeferredList([dialer.shutdown() for dialer in list(self.dialers)])
