@@ -21,6 +21,12 @@ USER_CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
     "FILE_END": ("file_id",),
 }
 
+#: Payload fields a kind may carry but need not (relayed when present): our profile's signed
+#: FILE_END (docs/FILES.md) adds the number of chunks sent and a content_sig over them.
+USER_CONTENT_OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "FILE_END": ("chunks", "content_sig"),
+}
+
 MAX_CIPHERTEXT_CHARS = 1024  # one RSA-4096 block is 512 bytes = 683 b64u chars
 
 
@@ -39,8 +45,11 @@ def extract_fields(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     if kind not in USER_CONTENT_FIELDS:
         raise wire.BadFieldType(f"{kind} is not user content", "type")
     fields: dict[str, Any] = {}
-    for name in USER_CONTENT_FIELDS[kind]:
-        if name in ("size", "index"):
+    optional = USER_CONTENT_OPTIONAL_FIELDS.get(kind, ())
+    for name in USER_CONTENT_FIELDS[kind] + optional:
+        if name in optional and payload.get(name) is None:
+            continue
+        if name in ("size", "index", "chunks"):
             fields[name] = wire.require_int(payload, name, minimum=0, maximum=2**53)
         elif name == "ciphertext":
             fields[name] = wire.require_str(payload, name, max_len=MAX_CIPHERTEXT_CHARS)
@@ -56,6 +65,14 @@ def extract_fields(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         else:
             fields[name] = wire.require_str(payload, name, max_len=2048)
     return fields
+
+
+def file_end_preimage(file_id: str, chunks: int, from_: str, to: str, ts: int) -> bytes:
+    """Our profile's FILE_END content_sig preimage: ``SOCP-FILE-END|file_id|chunks|from|to|ts``.
+
+    The tag keeps it apart from every preimage of PROTOCOL.md §2 (none starts with it).
+    """
+    return f"SOCP-FILE-END|{file_id}|{chunks}|{from_}|{to}|{ts}".encode()
 
 
 def verify_user_content(
@@ -82,7 +99,13 @@ def verify_user_content(
         )
         ok = crypto.verify_content_sig(key, preimage, sig)
     elif kind == "FILE_END":
+        # Unsigned in SOCP v1.3 (accepted as is); ours signs the chunk count (docs/FILES.md).
         ok = True
+        if "content_sig" in fields:
+            if "chunks" not in fields:
+                raise ContentError("FILE_END content_sig without chunks cannot be verified")
+            preimage = file_end_preimage(fields["file_id"], fields["chunks"], sender, recipient, ts)
+            ok = crypto.verify_content_sig(key, preimage, sig)
     else:
         raise ContentError(f"{kind} is not user content")
     if not ok:
