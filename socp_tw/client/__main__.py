@@ -1,0 +1,7 @@
+"""``python -m socp_tw.client``."""
+
+import sys
+
+from socp_tw.client import main
+
+sys.exit(main())

@@ -1,0 +1,270 @@
+"""End to end: real servers on 127.0.0.1 (one, or two linked with --peer) and real clients.
+
+Each client is a real :class:`ClientApp` (session, Autobahn connection with reconnects,
+thread-pool workers); its user interface is a recorder, or the real :class:`Console`
+over a StringTransport.  Keys come from test_key(n) and scrypt uses TEST_SCRYPT.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from socp_tw import crypto, keystore, wire
+from socp_tw.client.app import ClientApp
+from socp_tw.client.console import Console
+from socp_tw.test.keys import test_key
+from socp_tw.test.servers import MeshServer, RunningServer
+
+PASSWORD = "correct horse battery staple"
+TIMEOUT = 20.0
+
+
+class RecordingUI:
+    """Collects shown lines; answers password prompts from a queue."""
+
+    def __init__(self, passwords: list[str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.prompts: list[str] = []
+        self.passwords = deque(passwords or [])
+
+    def show(self, text: str) -> None:
+        self.lines.extend(text.split("\n"))
+
+    def ask_password(self, prompt: str) -> Deferred:
+        self.prompts.append(prompt)
+        if not self.passwords:
+            raise AssertionError(f"unexpected password prompt {prompt!r}")
+        return succeed(self.passwords.popleft())
+
+    def find(self, pattern: str, start: int = 0) -> str | None:
+        return next((line for line in self.lines[start:] if re.search(pattern, line)), None)
+
+
+@inlineCallbacks
+def wait_until(condition, what: str, timeout: float = TIMEOUT):
+    """Poll ``condition()`` until it is truthy (returned) or fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield deferLater(reactor, 0.02, lambda: None)
+
+
+class ClientE2EBase(TestCase):
+    timeout = 120
+
+    def start_server(self, key_index: int = 0, extra_args: list[str] | None = None, data_dir=None):
+        server = RunningServer(self, key_index, extra_args=extra_args, data_dir=data_dir)
+        self.addCleanup(server.stop)
+        return server
+
+    @inlineCallbacks
+    def start_client(self, server_url: str, key_index: int, ui=None, pins: str | None = None):
+        ui = ui if ui is not None else RecordingUI()
+        app = ClientApp(
+            server_url,
+            pins or self.mktemp(),
+            ui,
+            reactor,
+            scrypt_params=keystore.TEST_SCRYPT,
+            key_factory=lambda: test_key(key_index),
+            retry_policy=lambda attempt: 0.1,
+        )
+        app.startService()
+        self.addCleanup(app.quit)
+        yield app.connection.when_open()
+        return app, ui
+
+    @inlineCallbacks
+    def registered_client(self, server_url: str, key_index: int):
+        """A client that ran /register (and so is logged in); returns (app, ui, user_id)."""
+        app, ui = yield self.start_client(server_url, key_index)
+        ui.passwords.extend([PASSWORD, PASSWORD])
+        yield app.session.register()
+        success = ui.find(r"^\[LOGIN SUCCESS\] ")
+        self.assertIsNotNone(success, ui.lines)
+        user_id = success.split()[-1]
+        self.assertIn(f"[REGISTER SUCCESS] {user_id}", ui.lines)
+        return app, ui, user_id
+
+
+class SingleServerTests(ClientE2EBase):
+    @inlineCallbacks
+    def test_register_login_wrong_password_through_the_console(self):
+        """The real console: /register, then /login with a wrong and a right password on a new client."""
+        server = self.start_server(0)
+        transport = StringTransport()
+        console = Console(interactive=False)
+        app, _ = yield self.start_client(server.url, 1, ui=console)
+        console.commands = app.session
+        console.makeConnection(transport)
+        console.dataReceived(b"/register\n")
+        yield wait_until(lambda: transport.value().endswith(b"Password: "), "the first prompt")
+        console.dataReceived(f"{PASSWORD}\n".encode())
+        yield wait_until(lambda: transport.value().endswith(b"Repeat password: "), "the second prompt")
+        console.dataReceived(f"{PASSWORD}\n".encode())
+        output = yield wait_until(
+            lambda: re.search(rb"\[LOGIN SUCCESS\] (\S+)\n", transport.value()), "the login after /register"
+        )
+        user_id = output.group(1).decode()
+        self.assertIn(f"Your new user id: {user_id}".encode(), transport.value())
+        self.assertIn(f"[REGISTER SUCCESS] {user_id}\n".encode(), transport.value())
+        self.assertNotIn(PASSWORD.encode(), transport.value())
+        console.dataReceived(b"/list\n")
+        yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), "/list output")
+        yield app.quit()
+
+        # A second device: only the user id and the password.
+        transport2 = StringTransport()
+        console2 = Console(interactive=False)
+        app2, _ = yield self.start_client(server.url, 2, ui=console2)
+        console2.commands = app2.session
+        console2.makeConnection(transport2)
+        console2.dataReceived(f"/login {user_id}\nwrong password\n".encode())
+        yield wait_until(lambda: b"[LOGIN FAILED] " in transport2.value(), "the failed login")
+        self.assertIn(b"[LOGIN FAILED] LOGIN_FAILED: ", transport2.value())
+        console2.dataReceived(f"/login {user_id}\n{PASSWORD}\n".encode())
+        yield wait_until(lambda: f"[LOGIN SUCCESS] {user_id}\n".encode() in transport2.value(), "the login")
+        self.assertEqual(app2.session.user_id, user_id)
+        # The key came from the server's key store, opened locally: it is the registered key.
+        self.assertEqual(crypto.encode_public_key(app2.session._key), crypto.encode_public_key(test_key(1)))
+        unknown = wire.new_uuid4()
+        app3, ui3 = yield self.start_client(server.url, 3)
+        ui3.passwords.append(PASSWORD)
+        yield app3.session.login(unknown)
+        self.assertIsNotNone(ui3.find(rf"^\[LOGIN FAILED\] USER_NOT_FOUND: .*{unknown}"), ui3.lines)
+
+    @inlineCallbacks
+    def test_forged_content_sig_rejected(self):
+        """Refused by the server from a user; rejected by the client from a (compromised) server."""
+        server = self.start_server(0)
+        alice, alice_ui, alice_id = yield self.registered_client(server.url, 1)
+        bob, bob_ui, bob_id = yield self.registered_client(server.url, 2)
+
+        # 1. The client's own frame, with a content_sig by another key: the server refuses it.
+        ts = wire.now_ms()
+        ciphertext = crypto.oaep_encrypt(test_key(2).public_key(), b"forged text")
+        payload = {
+            "ciphertext": ciphertext,
+            "sender_pub": crypto.encode_public_key(test_key(1)),
+            "content_sig": crypto.sign_content(
+                test_key(3), crypto.dm_preimage(ciphertext, alice_id, bob_id, ts)
+            ),
+        }
+        frame = wire.encode_frame(
+            "MSG_DIRECT", alice_id, bob_id, ts, payload, crypto.sign_payload(test_key(1), payload)
+        )
+        alice.connection.protocol.send(frame)
+        yield wait_until(lambda: alice_ui.find(r"^\[ERROR\] INVALID_SIG: "), "the server's INVALID_SIG")
+
+        # 2. A USER_DELIVER signed by the real server key but with a forged content_sig:
+        # the real client protocol gets the bytes and rejects the DM.
+        deliver = {
+            "ciphertext": ciphertext,
+            "sender": alice_id,
+            "sender_pub": crypto.encode_public_key(test_key(1)),
+            "content_sig": payload["content_sig"],
+        }
+        forged = wire.encode_frame(
+            "USER_DELIVER", server.server_id, bob_id, ts, deliver, crypto.sign_payload(test_key(0), deliver)
+        )
+        bob.connection.protocol.onMessage(forged, False)
+        yield wait_until(
+            lambda: bob_ui.find(
+                rf"^\[WARNING\] rejected DM claiming to be from {alice_id}: invalid signature"
+            ),
+            "the rejection",
+        )
+        # 3. The same with a valid content_sig but not signed by the server.
+        deliver["content_sig"] = crypto.sign_content(
+            test_key(1), crypto.dm_preimage(ciphertext, alice_id, bob_id, ts)
+        )
+        bob.connection.protocol.onMessage(
+            wire.encode_frame(
+                "USER_DELIVER",
+                server.server_id,
+                bob_id,
+                ts,
+                deliver,
+                crypto.sign_payload(test_key(3), deliver),
+            ),
+            False,
+        )
+        yield wait_until(
+            lambda: bob_ui.find(rf"rejected DM claiming to be from {alice_id}: invalid server signature"),
+            "the second rejection",
+        )
+        # A genuine DM still goes through, and the forged text was never shown.
+        yield alice.session.tell(bob_id, "the real one")
+        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: the real one$"), "the genuine DM")
+        self.assertIsNone(bob_ui.find("forged text"))
+
+    @inlineCallbacks
+    def test_reconnect_after_server_restart(self):
+        """The server goes away: reported; it comes back on the same port: logged in again by itself."""
+        server = self.start_server(0)
+        alice, ui, alice_id = yield self.registered_client(server.url, 1)
+        port = server.port
+        yield server.stop()
+        yield wait_until(
+            lambda: ui.find(r"^\[DISCONNECTED\] lost the connection to "), "the disconnect report"
+        )
+        mark = len(ui.lines)
+        self.start_server(0, extra_args=["--bind", f"ws://127.0.0.1:{port}"], data_dir=server.data_dir)
+        yield wait_until(
+            lambda: ui.find(rf"^\[RECONNECTED\] logged in again as {alice_id}$", mark), "the automatic login"
+        )
+        self.assertTrue(alice.session.logged_in)
+        self.assertEqual(ui.prompts, ["Password: ", "Repeat password: "])  # no password asked again
+        yield alice.session.list_users()
+        self.assertIsNotNone(ui.find(rf"^\* {alice_id}  \[.*\] \(you\)$", mark))
+
+
+class TwoServerTests(ClientE2EBase):
+    @inlineCallbacks
+    def test_list_and_dms_across_two_servers(self):
+        server_a = MeshServer(self, 0)
+        server_b = MeshServer(self, 4, extra_args=["--peer", server_a.url])
+        alice, alice_ui, alice_id = yield self.registered_client(server_a.url, 1)
+        bob, bob_ui, bob_id = yield self.registered_client(server_b.url, 2)
+        # Presence crosses the mesh: each sees the other through the relayed USER_ADVERTISE.
+        yield wait_until(lambda: bob_id in alice.session.presence, "bob's advertise at alice")
+        yield wait_until(lambda: alice_id in bob.session.presence, "alice's advertise at bob")
+
+        mark = len(alice_ui.lines)
+        yield alice.session.list_users()
+        listing = alice_ui.lines[mark:]
+        self.assertEqual(listing[0], "Online users (2):")
+        expected = {
+            alice_id: f"* {alice_id}  [{crypto.fingerprint(test_key(1))}] (you)",
+            bob_id: f"  {bob_id}  [{crypto.fingerprint(test_key(2))}]",
+        }
+        self.assertEqual(listing[1:3], [expected[u] for u in sorted(expected)])
+
+        yield alice.session.tell(bob_id, "hello bob, from server A")
+        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: hello bob, from server A$"), "DM A→B")
+        yield bob.session.tell(alice_id, "hi alice ✓, from server B")
+        yield wait_until(lambda: alice_ui.find(rf"^DM from {bob_id}: hi alice ✓, from server B$"), "DM B→A")
+
+        # Longer than one RSA block: several MSG_DIRECTs, shown as one message.
+        long_text = " ".join(f"word{i}-é" for i in range(400))
+        self.assertGreater(len(long_text.encode()), 3 * crypto.OAEP_MAX_PLAINTEXT)
+        yield alice.session.tell(bob_id, long_text)
+        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: word0-é"), "the long DM")
+        shown = [line for line in bob_ui.lines if line.startswith(f"DM from {alice_id}: ")]
+        self.assertEqual(shown[-1], f"DM from {alice_id}: {long_text}")
+        self.assertEqual(len(shown), 2)
+        self.assertIsNone(bob_ui.find(r"SOCP-PART"))
+        # Keys were pinned on first contact, on both sides.
+        self.assertEqual(alice.pins.user_key(bob_id), crypto.encode_public_key(test_key(2)))
+        self.assertEqual(bob.pins.user_key(alice_id), crypto.encode_public_key(test_key(1)))
