@@ -1,8 +1,9 @@
 """``twistd socp``: command-line options and the service graph of a SOCP server.
 
 ``makeService`` returns a :class:`MultiService` whose children start in dependency
-order (workers, hub, presence, mesh, router, listener) and so stop in reverse: the listener closes
-before the services it feeds.
+order (workers, store, hub, presence, mesh, router, users, files, listener, status,
+outgoing, public) and so stop in reverse: the public channel reports its users' leaves while the
+server links are up, then outgoing links and the listener close before the services they feed.
 """
 
 from __future__ import annotations
@@ -17,13 +18,21 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from socp_tw import wire
+from socp_tw.bootstrap import BootstrapError, load_bootstrap
 from socp_tw.identity import IdentityError, load_or_create_identity
+from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.logs import LEVEL_NAMES, get_logger, set_log_level
+from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import SOCPServerFactory
+from socp_tw.services.files import FileRelay
 from socp_tw.services.hub import Hub
-from socp_tw.services.mesh import Mesh
+from socp_tw.services.mesh import Mesh, PinStoreError
 from socp_tw.services.presence import Presence
+from socp_tw.services.public import PublicChannel
 from socp_tw.services.router import Router
+from socp_tw.services.status import StatusReporter
+from socp_tw.services.store import DB_FILE, SQLiteStore, StoreError
+from socp_tw.services.users import UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.workers import ThreadPoolWorkers
 
@@ -93,6 +102,15 @@ class Options(usage.Options):
         ["data-dir", "d", "./socp-data", "Directory for the server key, id and database."],
         ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
         ["max-frame-bytes", None, str(wire.MAX_FRAME_BYTES), "Largest WebSocket message accepted (bytes)."],
+        ["bootstrap", None, None, "YAML/JSON list of introducers {host, port, pubkey}, keys pinned."],
+        ["status-interval", None, "30", "Seconds between status lines (also logged on every mesh change)."],
+        ["advertise", None, None, "ws://HOST:PORT announced to peers (default: the bind URL, actual port)."],
+        [
+            "max-file-bytes",
+            None,
+            str(DEFAULT_LIMITS.max_file_bytes),
+            "Largest file (FILE_START size, bytes) this server relays for its users.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -127,6 +145,43 @@ class Options(usage.Options):
             raise usage.UsageError("--max-frame-bytes must be an integer") from None
         if not 1024 <= self["max-frame-bytes"] <= 64 * 1024 * 1024:
             raise usage.UsageError("--max-frame-bytes must be between 1024 and 67108864")
+        self._post_mesh_options()
+        self._post_file_options()
+
+    def _post_file_options(self) -> None:
+        """--max-file-bytes (the file relay's limit)."""
+        try:
+            self["max-file-bytes"] = int(self["max-file-bytes"])
+        except ValueError:
+            raise usage.UsageError("--max-file-bytes must be an integer") from None
+        if not 0 <= self["max-file-bytes"] <= 2**40:
+            raise usage.UsageError("--max-file-bytes must be between 0 and 1099511627776")
+
+    def _post_mesh_options(self) -> None:
+        """--peer, --bootstrap, --advertise, --status-interval (the mesh's options)."""
+        self["peer_addresses"] = [parse_ws_url(url)[1:] for url in self["peer"]]
+        self["bootstrap_entries"] = []
+        if self["bootstrap"] is not None:
+            try:
+                self["bootstrap_entries"] = load_bootstrap(self["bootstrap"])
+            except BootstrapError as e:
+                raise usage.UsageError(f"--bootstrap: {e}") from None
+        try:
+            self["status-interval"] = float(self["status-interval"])
+        except ValueError:
+            raise usage.UsageError("--status-interval must be a number of seconds") from None
+        if not 0.01 <= self["status-interval"] <= 86400:
+            raise usage.UsageError("--status-interval must be between 0.01 and 86400 seconds")
+        if self["advertise"] is not None:
+            try:
+                _, host, port = parse_ws_url(self["advertise"])
+            except ValueError as e:
+                raise usage.UsageError(f"--advertise: {e}") from None
+            if port == 0:
+                raise usage.UsageError("--advertise needs a real port, not 0")
+            self["advertise_address"] = (host, port)
+        else:
+            self["advertise_address"] = None
 
 
 class ListeningService(StreamServerEndpointService):
@@ -166,17 +221,55 @@ def makeService(config: Options, reactor=None) -> MultiService:
     top = MultiService()
     workers = ThreadPoolWorkers(reactor=reactor)
     workers.setServiceParent(top)
+    try:
+        # Migrates the schema now, before anything listens (see socp_tw.services.store).
+        store = SQLiteStore(data_dir / DB_FILE, reactor=reactor)
+    except (StoreError, OSError) as e:
+        raise SystemExit(f"socp: database: {e}") from None
+    store.setServiceParent(top)
     signer = FrameSigner(identity, workers)
     hub = Hub(signer)
     hub.setServiceParent(top)
     presence = Presence(identity.server_id)
     presence.setServiceParent(top)
-    mesh = Mesh()
+    address: BindAddress = config["bind_address"]
+
+    def advertised() -> tuple[str, int]:
+        # The bind address with the port actually listened on (port 0 in tests).
+        if config["advertise_address"] is not None:
+            return config["advertise_address"]
+        port = listener.port.getHost().port if listener.port is not None else address.port
+        return address.host, port
+
+    if config["advertise_address"] is None and address.host in ("0.0.0.0", "::", ""):
+        _log.warn("Listening on all interfaces: pass --advertise ws://HOST:PORT so peers can reach us")
+    try:
+        mesh = Mesh(
+            signer,
+            hub,
+            presence,
+            reactor=reactor,
+            data_dir=data_dir,
+            peers=config["peer_addresses"],
+            bootstrap=config["bootstrap_entries"],
+            advertise=advertised,
+            workers=workers,
+        )
+    except PinStoreError as e:
+        raise SystemExit(f"socp: {e}") from None
     mesh.setServiceParent(top)
     router = Router(presence, signer, mesh)
     router.setServiceParent(top)
+    users = UserSide(hub, presence, router, store, signer, workers, clock=reactor)
+    users.setServiceParent(top)
+    public = PublicChannel(
+        store, presence, mesh, router, users, signer, identity.private_key, workers, clock=reactor
+    )
+    files = FileRelay(
+        users, presence, router, workers, mesh, clock=reactor, max_file_bytes=config["max-file-bytes"]
+    )
+    files.setServiceParent(top)
 
-    address: BindAddress = config["bind_address"]
     # Port 0 (tests) is only known once listening; ListeningService sets the URL then.
     factory = SOCPServerFactory(
         address.url() if address.port else None, hub, max_frame_bytes=config["max-frame-bytes"]
@@ -186,5 +279,10 @@ def makeService(config: Options, reactor=None) -> MultiService:
     )
     listener.setName("listener")
     listener.setServiceParent(top)
+    StatusReporter(mesh, presence, config["status-interval"], clock=reactor).setServiceParent(top)
+    # Outgoing links start once the listener knows its port (we announce it) and stop first.
+    OutgoingLinks(mesh, reactor, max_frame_bytes=config["max-frame-bytes"]).setServiceParent(top)
+    # Last, so it stops first: its users' leaves go out while every server link is still up.
+    public.setServiceParent(top)
     top.identity = identity
     return top

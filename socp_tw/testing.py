@@ -8,6 +8,7 @@ implementation.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,17 @@ from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
 from zope.interface import implementer
 
 from socp_tw import crypto, wire
-from socp_tw.interfaces import ILink, ILinkHandler, IPeerLinks, ISigner, IWorkers
+from socp_tw.interfaces import (
+    ILink,
+    ILinkHandler,
+    IPeerLinks,
+    IPresence,
+    IPresenceObserver,
+    IRouter,
+    ISigner,
+    IStore,
+    IWorkers,
+)
 
 
 @implementer(IWorkers)
@@ -88,9 +99,34 @@ class FakePeerLinks:
         self.sent: list[tuple[str, bytes]] = []
         self.broadcasts: list[tuple[bytes, str | None]] = []
         self.handlers: dict[str, Callable[..., None]] = {}
+        self.counters: Counter[str] = Counter()
+        self.observers: list[Callable[[], None]] = []
 
     def connected_servers(self) -> list[str]:
         return sorted(self.linked)
+
+    def add_change_observer(self, callback: Callable[[], None]) -> None:
+        self.observers.append(callback)
+
+    def link(self, server_id: str) -> None:
+        """Simulate a link to ``server_id`` coming up (observers are told, like the real mesh)."""
+        if server_id not in self.linked:
+            self.linked.add(server_id)
+            for callback in list(self.observers):
+                callback()
+
+    def unlink(self, server_id: str) -> None:
+        """Simulate the link to ``server_id`` going down."""
+        if server_id in self.linked:
+            self.linked.discard(server_id)
+            for callback in list(self.observers):
+                callback()
+
+    def deliver(self, envelope: wire.Envelope, link: ILink | None = None) -> None:
+        """Hand a verified server frame to the handler registered for its type (like the mesh)."""
+        if link is None:
+            link = FakeLink("fake-server", role="server", identity=envelope.from_)
+        self.handlers[envelope.type](envelope, link)
 
     def server_key(self, server_id: str) -> Any:
         return self.keys.get(server_id)
@@ -117,6 +153,232 @@ class FakePeerLinks:
     def sent_frames(self) -> list[tuple[str, dict]]:
         """(server_id, decoded frame) of everything sent to a server."""
         return [(server_id, json.loads(data)) for server_id, data in self.sent]
+
+
+@implementer(IPresence)
+class FakePresence:
+    """An in-memory :class:`IPresence` with the same rules as the real table, and a call log.
+
+    ``calls`` records (method, user_id, ...) in order, so tests can assert what the
+    code under test told the presence table.
+    """
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self.users: dict[str, Any] = {}
+        self.observers: list[Any] = []
+        self.calls: list[tuple] = []
+
+    def add_observer(self, observer: Any) -> None:
+        self.observers.append(IPresenceObserver(observer))
+
+    def _notify(self, method: str, entry: Any) -> None:
+        for observer in list(self.observers):
+            getattr(observer, method)(entry)
+
+    def user_online_local(self, user_id: str, pubkey: str, meta: dict[str, Any], link: ILink) -> Any:
+        from socp_tw.services.presence import NameInUse, UserPresence
+
+        self.calls.append(("user_online_local", user_id))
+        current = self.users.get(user_id)
+        if current is not None and current.local:
+            raise NameInUse(user_id)
+        entry = self.users[user_id] = UserPresence(user_id, self.server_id, pubkey, dict(meta), link)
+        self._notify("user_online", entry)
+        return entry
+
+    def user_offline_local(self, user_id: str, link: ILink | None = None) -> bool:
+        self.calls.append(("user_offline_local", user_id))
+        entry = self.users.get(user_id)
+        if entry is None or not entry.local or (link is not None and entry.link is not link):
+            return False
+        del self.users[user_id]
+        self._notify("user_offline", entry)
+        return True
+
+    def user_online_remote(self, user_id: str, server_id: str, pubkey: str, meta: dict[str, Any]) -> bool:
+        from socp_tw.services.presence import UserPresence
+
+        self.calls.append(("user_online_remote", user_id, server_id))
+        current = self.users.get(user_id)
+        if current is not None and (
+            current.local or (current.server_id, current.pubkey, current.meta) == (server_id, pubkey, meta)
+        ):
+            return False
+        entry = self.users[user_id] = UserPresence(user_id, server_id, pubkey, dict(meta))
+        self._notify("user_online", entry)
+        return True
+
+    def user_offline_remote(self, user_id: str, server_id: str) -> bool:
+        self.calls.append(("user_offline_remote", user_id, server_id))
+        entry = self.users.get(user_id)
+        if entry is None or entry.local or entry.server_id != server_id:
+            return False
+        del self.users[user_id]
+        self._notify("user_offline", entry)
+        return True
+
+    def server_lost(self, server_id: str) -> list[str]:
+        self.calls.append(("server_lost", server_id))
+        gone = self.users_on(server_id)
+        for user_id in gone:
+            self.user_offline_remote(user_id, server_id)
+        return gone
+
+    def lookup(self, user_id: str) -> Any:
+        return self.users.get(user_id)
+
+    def local_link(self, user_id: str) -> ILink | None:
+        entry = self.users.get(user_id)
+        return entry.link if entry is not None else None
+
+    def online_users(self) -> list[str]:
+        return sorted(self.users)
+
+    def local_entries(self) -> list[Any]:
+        return [e for e in self.users.values() if e.local]
+
+    def users_on(self, server_id: str) -> list[str]:
+        return sorted(u for u, e in self.users.items() if e.server_id == server_id and not e.local)
+
+
+@implementer(IRouter)
+class FakeRouter:
+    """An :class:`IRouter` that records what it is asked to route.
+
+    ``locations`` maps recipient -> "local" or a hosting server id; an unknown
+    recipient raises ``UserNotFound`` like the real router.
+    """
+
+    def __init__(self, locations: dict[str, str] | None = None) -> None:
+        self.locations: dict[str, str] = dict(locations or {})
+        self.routed: list[tuple[str, str, dict[str, Any], int, str, str]] = []
+        self.from_servers: list[tuple[wire.Envelope, ILink]] = []
+
+    def route(
+        self, kind: str, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str
+    ) -> str:
+        from socp_tw.interfaces import UserNotFound
+
+        where = self.locations.get(recipient)
+        if where is None:
+            raise UserNotFound(recipient)
+        self.routed.append((kind, recipient, dict(fields), ts, sender, sender_pub))
+        return where
+
+    def deliver_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
+        self.from_servers.append((envelope, origin_link))
+
+
+@implementer(IStore)
+class MemoryStore:
+    """An in-memory :class:`IStore`: the same answers as ``SQLiteStore``, already fired."""
+
+    def __init__(self, now_ms: Callable[[], int] = wire.now_ms) -> None:
+        self._now_ms = now_ms
+        self.users: dict[str, dict[str, Any]] = {}  # keyed by user_id.lower()
+        #: group_id -> {creator_id, meta, origins, states: {member: state}, members: {member: wrapped}}
+        self.groups: dict[str, dict[str, Any]] = {
+            "public": {"creator_id": "system", "meta": {}, "origins": {}, "states": {}, "members": {}}
+        }
+        self.calls = 0
+
+    def get_user(self, user_id: str) -> Deferred:
+        self.calls += 1
+        row = self.users.get(user_id.lower())
+        return succeed(None if row is None else {**row, "meta": json.loads(json.dumps(row["meta"]))})
+
+    def add_user(
+        self, user_id: str, pubkey: str, privkey_store: str, pake_password: str, meta: dict[str, Any]
+    ) -> Deferred:
+        self.calls += 1
+        if not all(isinstance(v, str) and v for v in (user_id, pubkey, privkey_store, pake_password)):
+            return fail(ValueError("add_user needs non-empty strings for id, key, key store and verifier"))
+        if user_id.lower() in self.users:
+            return succeed(False)
+        self._insert(user_id, pubkey, privkey_store, pake_password, meta or {})
+        return succeed(True)
+
+    def pin_user_key(self, user_id: str, pubkey: str) -> Deferred:
+        self.calls += 1
+        if not all(isinstance(v, str) and v for v in (user_id, pubkey)):
+            return fail(ValueError("pin_user_key needs a non-empty id and key"))
+        row = self.users.get(user_id.lower())
+        if row is None:
+            self._insert(user_id, pubkey, None, None, {})
+            return succeed(True)
+        return succeed(row["pake_password"] is None and row["pubkey"] == pubkey)
+
+    def load_group(self, group_id: str) -> Deferred:
+        self.calls += 1
+        group = self.groups.get(group_id)
+        if group is None:
+            return succeed(None)
+        return succeed(
+            {
+                "group_id": group_id,
+                "creator_id": group["creator_id"],
+                "version": sum(group["origins"].values()),
+                "meta": json.loads(json.dumps(group["meta"])),
+                "origins": dict(group["origins"]),
+                "states": [dict(group["states"][m]) for m in sorted(group["states"])],
+                "members": dict(group["members"]),
+            }
+        )
+
+    def save_group_state(
+        self, group_id: str, states: list[dict[str, Any]], origins: dict[str, int]
+    ) -> Deferred:
+        from socp_tw.services.store import validate_group_state
+
+        self.calls += 1
+        group = self.groups.get(group_id)
+        try:
+            validate_group_state(states, origins)
+            if group is None:
+                raise ValueError(f"no group {group_id!r}")
+        except ValueError:
+            return fail()
+        for origin, seq in origins.items():
+            group["origins"][origin] = max(seq, group["origins"].get(origin, 0))
+        for state in states:
+            member = state["member_id"]
+            group["states"][member] = dict(state)
+            if state["present"]:
+                group["members"].setdefault(member, None)
+            else:
+                group["members"].pop(member, None)
+        return succeed(sum(group["origins"].values()))
+
+    def set_group_key(self, group_id: str, wraps: dict[str, str], meta: dict[str, Any]) -> Deferred:
+        self.calls += 1
+        group = self.groups.get(group_id)
+        try:
+            if not isinstance(wraps, dict) or not isinstance(meta, dict):
+                raise ValueError("wraps and meta must be dicts")
+            if not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in wraps.items()):
+                raise ValueError("wraps maps member ids to wrapped keys (non-empty strings)")
+            meta = json.loads(json.dumps(meta))
+            if group is None:
+                raise ValueError(f"no group {group_id!r}")
+        except (TypeError, ValueError) as e:
+            return fail(ValueError(f"set_group_key: {e}"))
+        group["meta"].update(meta)
+        members = group["members"]
+        for member in members:
+            members[member] = wraps.get(member)
+        return succeed(sum(1 for member in wraps if member in members))
+
+    def _insert(self, user_id, pubkey, privkey_store, pake_password, meta) -> None:
+        self.users[user_id.lower()] = {
+            "user_id": user_id,
+            "pubkey": pubkey,
+            "privkey_store": privkey_store,
+            "pake_password": pake_password,
+            "meta": json.loads(json.dumps(meta, sort_keys=True)),
+            "version": 1,
+            "created_at": self._now_ms(),
+        }
 
 
 def verify_server_frame(frame: dict, public_key_text: str) -> bool:
@@ -165,7 +427,10 @@ __all__ = [
     "CollectingClientFactory",
     "FakeLink",
     "FakePeerLinks",
+    "FakePresence",
+    "FakeRouter",
     "ISigner",
+    "MemoryStore",
     "RecordingHandler",
     "SynchronousWorkers",
     "verify_server_frame",

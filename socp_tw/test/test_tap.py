@@ -124,7 +124,8 @@ class MakeServiceTests(SynchronousTestCase):
         top = makeService(parse("--bind", "ws://127.0.0.1:0", "--data-dir", data))
         IServiceCollection(top)
         names = [s.name for s in top]
-        self.assertEqual(names, ["workers", "hub", "presence", "mesh", "router", "listener"])
+        expected = ["workers", "store", "hub", "presence", "mesh", "router", "users", "files", "listener"]
+        self.assertEqual(names, [*expected, "status", "outgoing", "public"])
 
     def test_contradicting_id_exits(self) -> None:
         data = prepare_data_dir(self, 0)
