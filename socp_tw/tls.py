@@ -140,7 +140,12 @@ def parse_pin(text: str) -> bytes:
         raise TLSConfigError(f"an SPKI pin must be text, not {type(text).__name__}")
     pin = text.strip()
     if pin.lower().startswith("sha256/"):
-        b64 = pin[len("sha256/") :].lstrip("/").translate(str.maketrans("-_", "+/"))
+        b64 = pin[len("sha256/") :]
+        if b64.startswith("/") and len(b64.rstrip("=")) == 44:
+            # curl's "sha256//<base64>"; a digest's own base64 may also start with "/",
+            # so only a length of 43 characters after the extra slash says which it is.
+            b64 = b64[1:]
+        b64 = b64.translate(str.maketrans("-_", "+/"))
         b64 += "=" * (-len(b64) % 4)
         try:
             digest = base64.b64decode(b64, validate=True)

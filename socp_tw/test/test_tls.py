@@ -101,6 +101,14 @@ class PinTests(SynchronousTestCase):
             self.assertEqual(tls.parse_pin(form), self.digest, form)
         self.assertEqual(tls.format_pin(self.digest), "sha256/" + b64)
 
+    def test_parse_pin_base64_starting_with_slash(self) -> None:
+        """A digest whose base64 starts with "/" is not mistaken for curl's "sha256//" form."""
+        digest = bytes([0xFC]) + bytes(range(31))
+        b64 = base64.b64encode(digest).decode()
+        self.assertTrue(b64.startswith("/"))
+        for text in ("sha256/" + b64, "sha256//" + b64, "sha256/" + b64.rstrip("=")):
+            self.assertEqual(parse_pin(text), digest)
+
     def test_parse_pin_rejects(self) -> None:
         short = base64.b64encode(self.digest[:20]).decode()
         for bad in [
