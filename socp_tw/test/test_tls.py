@@ -107,7 +107,7 @@ class PinTests(SynchronousTestCase):
         b64 = base64.b64encode(digest).decode()
         self.assertTrue(b64.startswith("/"))
         for text in ("sha256/" + b64, "sha256//" + b64, "sha256/" + b64.rstrip("=")):
-            self.assertEqual(parse_pin(text), digest)
+            self.assertEqual(tls.parse_pin(text), digest)
 
     def test_parse_pin_rejects(self) -> None:
         short = base64.b64encode(self.digest[:20]).decode()
