@@ -81,6 +81,10 @@ class IHub(Interface):
     def send_error(link, code, detail, ref=None):
         """Send a server-signed ``ERROR {code, detail}`` on ``link`` and count it."""
 
+    def allow_error(link, code=""):
+        """True if one more ERROR may be signed for ``link``; False past its error budget
+        (the caller then drops the error: a flood of bad frames must not buy signatures)."""
+
     def link_opened(link):
         """A connection completed its WebSocket handshake."""
 

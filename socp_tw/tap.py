@@ -9,7 +9,7 @@ server links are up, then outgoing links and the listener close before the servi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
@@ -17,10 +17,10 @@ from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from socp_tw import wire
+from socp_tw import tls, wire
 from socp_tw.bootstrap import BootstrapError, load_bootstrap
 from socp_tw.identity import IdentityError, load_or_create_identity
-from socp_tw.limits import DEFAULT_LIMITS
+from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import LEVEL_NAMES, get_logger, set_log_level
 from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import SOCPServerFactory
@@ -67,13 +67,15 @@ def parse_ws_url(text: str) -> tuple[str, str, int]:
 
 
 def parse_bind(text: str) -> BindAddress:
-    """Accept a ``ws://HOST:PORT`` URL or a Twisted ``tcp:`` endpoint string."""
+    """Accept a ``ws://HOST:PORT`` or ``wss://HOST:PORT`` URL, or a Twisted ``tcp:`` endpoint string.
+
+    For ``wss://`` the endpoint is built by :func:`makeService` from ``--tls-cert``/``--tls-key``.
+    """
     if text.startswith(("ws://", "wss://")):
         scheme, host, port = parse_ws_url(text)
-        if scheme == "wss":
-            raise ValueError("wss:// listening needs TLS support, which this build does not have yet")
         interface = host.replace(":", "\\:")
-        return BindAddress(f"tcp:{port}:interface={interface}", scheme, host, port)
+        endpoint = f"tcp:{port}:interface={interface}" if scheme == "ws" else ""
+        return BindAddress(endpoint, scheme, host, port)
     if text.startswith("tcp:"):
         parts = re.split(r"(?<!\\):", text)
         try:
@@ -91,13 +93,16 @@ def parse_bind(text: str) -> BindAddress:
 class Options(usage.Options):
     """Options of ``twistd socp``."""
 
-    synopsis = "[--bind ws://HOST:PORT] [--server-id UUID] [--peer ws://HOST:PORT ...] [--data-dir DIR]"
+    synopsis = (
+        "[--bind ws://HOST:PORT | --bind wss://HOST:PORT --tls-cert PEM --tls-key PEM]"
+        " [--server-id UUID] [--peer ws[s]://HOST:PORT ...] [--data-dir DIR]"
+    )
     longdesc = (
         "Run a SOCP v1.3 server: users and peer servers connect to one WebSocket port. "
         "The server id and RSA-4096 key are created in --data-dir on first start and reused afterwards."
     )
     optParameters = [
-        ["bind", "b", "ws://127.0.0.1:8765", "Listen address: ws://HOST:PORT or a tcp: endpoint string."],
+        ["bind", "b", "ws://127.0.0.1:8765", "Listen address: ws://HOST:PORT, wss://HOST:PORT or tcp:..."],
         ["server-id", None, None, "This server's UUID v4 (default: the stored one, or a new one)."],
         ["data-dir", "d", "./socp-data", "Directory for the server key, id and database."],
         ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
@@ -111,14 +116,46 @@ class Options(usage.Options):
             str(DEFAULT_LIMITS.max_file_bytes),
             "Largest file (FILE_START size, bytes) this server relays for its users.",
         ],
+        ["tls-cert", None, None, "PEM certificate (optionally followed by its chain) for --bind wss://."],
+        ["tls-key", None, None, "PEM private key (unencrypted) of --tls-cert."],
+        ["tls-chain", None, None, "PEM file of intermediate certificates to send after --tls-cert."],
+        ["tls-ca", None, None, "Trust only this PEM CA file when dialling wss:// peers (default: system)."],
+        [
+            "ts-window",
+            None,
+            str(DEFAULT_LIMITS.ts_window),
+            "Seconds a user frame's ts may differ from our clock before it is refused (BAD_TS).",
+        ],
+        [
+            "identify-timeout",
+            None,
+            str(DEFAULT_LIMITS.identify_timeout),
+            "Seconds a new connection has to send its first (identifying) frame.",
+        ],
+    ]
+    optFlags = [
+        ["pin-only", None, "A peer with a --peer-pin is verified by its pin alone (self-signed certs)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["peer"] = []
+        self["peer-pin"] = {}
+
+    def opt_peer_pin(self, text: str) -> None:
+        """HOST[:PORT]=PIN (repeatable): that peer's TLS key must match this SPKI pin; implies wss://."""
+        host, sep, pin = text.partition("=")
+        host = host.strip().lower()
+        if not sep or not host or not pin.strip():
+            raise usage.UsageError(f"--peer-pin takes HOST=PIN, not {text!r}")
+        try:
+            tls.parse_pin(pin)
+        except tls.TLSConfigError as e:
+            raise usage.UsageError(f"--peer-pin: {e}") from None
+        self["peer-pin"].setdefault(host, []).append(pin.strip())
 
     def opt_peer(self, url: str) -> None:
-        """Another server to join through (repeatable): ws://HOST:PORT."""
+        """Another server to join through (repeatable): ws://HOST:PORT or wss://HOST:PORT."""
         try:
             parse_ws_url(url)
         except ValueError as e:
@@ -147,6 +184,54 @@ class Options(usage.Options):
             raise usage.UsageError("--max-frame-bytes must be between 1024 and 67108864")
         self._post_mesh_options()
         self._post_file_options()
+        self._post_security_options()
+
+    def _post_security_options(self) -> None:
+        """--ts-window, --identify-timeout, TLS for the listener (--tls-*) and for peers."""
+        numbers = {}
+        for name, low, high in (("ts-window", 1.0, 86400.0), ("identify-timeout", 1.0, 3600.0)):
+            try:
+                numbers[name] = float(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a number of seconds") from None
+            if not low <= numbers[name] <= high:
+                raise usage.UsageError(f"--{name} must be between {low:g} and {high:g} seconds")
+            self[name] = numbers[name]
+        window = numbers["ts-window"]
+        self["limits"] = replace(
+            DEFAULT_LIMITS,
+            max_frame_bytes=self["max-frame-bytes"],
+            ts_window=window,
+            seen_ids_ttl=max(DEFAULT_LIMITS.seen_ids_ttl, 2 * window),
+            identify_timeout=numbers["identify-timeout"],
+            auth_timeout=max(DEFAULT_LIMITS.auth_timeout, numbers["identify-timeout"]),
+        )
+        address: BindAddress = self["bind_address"]
+        self["tls_context"] = None
+        if address.scheme == "wss":
+            if not self["tls-cert"] or not self["tls-key"]:
+                raise usage.UsageError("--bind wss://... needs --tls-cert and --tls-key")
+            try:
+                self["tls_context"] = tls.server_context_factory(
+                    self["tls-cert"], self["tls-key"], self["tls-chain"]
+                )
+            except tls.TLSConfigError as e:
+                raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
+        elif self["tls-cert"] or self["tls-key"] or self["tls-chain"]:
+            raise usage.UsageError("--tls-cert/--tls-key/--tls-chain need --bind wss://HOST:PORT")
+        schemes = [parse_ws_url(url) for url in self["peer"]]
+        self["peer_tls"] = tls.PeerTLS(
+            default=address.scheme == "wss",
+            ca_file=self["tls-ca"],
+            pins=self["peer-pin"],
+            pin_only=bool(self["pin-only"]),
+            tls_addresses=[(host, port) for scheme, host, port in schemes if scheme == "wss"],
+            plain_addresses=[(host, port) for scheme, host, port in schemes if scheme == "ws"],
+        )
+        try:
+            self["peer_tls"].check()
+        except tls.TLSConfigError as e:
+            raise usage.UsageError(f"peer TLS: {e}") from None
 
     def _post_file_options(self) -> None:
         """--max-file-bytes (the file relay's limit)."""
@@ -228,9 +313,10 @@ def makeService(config: Options, reactor=None) -> MultiService:
         raise SystemExit(f"socp: database: {e}") from None
     store.setServiceParent(top)
     signer = FrameSigner(identity, workers)
-    hub = Hub(signer)
+    limits: Limits = config["limits"]
+    hub = Hub(signer, clock=reactor, limits=limits)
     hub.setServiceParent(top)
-    presence = Presence(identity.server_id)
+    presence = Presence(identity.server_id, max_remote_users=limits.max_remote_users)
     presence.setServiceParent(top)
     address: BindAddress = config["bind_address"]
 
@@ -254,34 +340,52 @@ def makeService(config: Options, reactor=None) -> MultiService:
             bootstrap=config["bootstrap_entries"],
             advertise=advertised,
             workers=workers,
+            seen_max=limits.seen_ids_max,
+            seen_max_age=limits.seen_ids_ttl,
+            forged_limit=limits.forged_limit,
+            forged_window=limits.forged_window,
+            limits=limits,
         )
     except PinStoreError as e:
         raise SystemExit(f"socp: {e}") from None
     mesh.setServiceParent(top)
-    router = Router(presence, signer, mesh)
+    router = Router(
+        presence, signer, mesh, ts_window=limits.ts_window, now_ms=lambda: int(reactor.seconds() * 1000)
+    )
     router.setServiceParent(top)
-    users = UserSide(hub, presence, router, store, signer, workers, clock=reactor)
+    users = UserSide(hub, presence, router, store, signer, workers, clock=reactor, limits=limits)
     users.setServiceParent(top)
     public = PublicChannel(
         store, presence, mesh, router, users, signer, identity.private_key, workers, clock=reactor
     )
     files = FileRelay(
-        users, presence, router, workers, mesh, clock=reactor, max_file_bytes=config["max-file-bytes"]
+        users,
+        presence,
+        router,
+        workers,
+        mesh,
+        clock=reactor,
+        limits=limits,
+        max_file_bytes=config["max-file-bytes"],
     )
     files.setServiceParent(top)
 
     # Port 0 (tests) is only known once listening; ListeningService sets the URL then.
     factory = SOCPServerFactory(
-        address.url() if address.port else None, hub, max_frame_bytes=config["max-frame-bytes"]
+        address.url() if address.port else None, hub, max_frame_bytes=config["max-frame-bytes"], limits=limits
     )
-    listener = ListeningService(
-        endpoints.serverFromString(reactor, address.endpoint), factory, address, identity.server_id
-    )
+    if address.scheme == "wss":
+        endpoint = tls.server_endpoint(reactor, address.host, address.port, config["tls_context"])
+    else:
+        endpoint = endpoints.serverFromString(reactor, address.endpoint)
+    listener = ListeningService(endpoint, factory, address, identity.server_id)
     listener.setName("listener")
     listener.setServiceParent(top)
     StatusReporter(mesh, presence, config["status-interval"], clock=reactor).setServiceParent(top)
     # Outgoing links start once the listener knows its port (we announce it) and stop first.
-    OutgoingLinks(mesh, reactor, max_frame_bytes=config["max-frame-bytes"]).setServiceParent(top)
+    OutgoingLinks(
+        mesh, reactor, max_frame_bytes=config["max-frame-bytes"], tls_policy=config["peer_tls"], limits=limits
+    ).setServiceParent(top)
     # Last, so it stops first: its users' leaves go out while every server link is still up.
     public.setServiceParent(top)
     top.identity = identity

@@ -26,22 +26,27 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.types import ConnectionResponse
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from socp_tw import __version__, wire
+from socp_tw import __version__, tls, wire
 from socp_tw.interfaces import ILink
+from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
 from socp_tw.protocols.links import OrderedSender
 from socp_tw.protocols.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
+    CLOSE_POLICY,
     BinaryFrame,
     cancel_close_timer,
     close_link,
+    discard,
+    send_overflow,
     tune_factory,
 )
 
@@ -80,6 +85,7 @@ class SOCPPeerClientProtocol(WebSocketClientProtocol):
         self.role = "pending"
         self.identity: str | None = None
         self._opened = False
+        self._overflowed = False
 
     def onOpen(self) -> None:
         self._sender = OrderedSender(self._write_frame, self.link_id)
@@ -122,9 +128,22 @@ class SOCPPeerClientProtocol(WebSocketClientProtocol):
 
     def send(self, frame) -> None:
         sender = getattr(self, "_sender", None)
-        if sender is None:
-            if isinstance(frame, Deferred):
-                frame.addErrback(lambda f: None)
+        if sender is None or self._overflowed:
+            discard(frame)
+            return
+        outgoing = self.factory.dialer.outgoing
+        why = send_overflow(self, len(sender), outgoing.max_send_queue, outgoing.max_send_queue_bytes)
+        if why is not None:
+            discard(frame)
+            self._overflowed = True
+            self.factory.dialer.mesh.counters["closed.send_overflow"] += 1
+            self._log.warn(
+                "Closing link {link} to {peer}: it does not read what we send ({why})",
+                link=self.link_id,
+                peer=self.peer,
+                why=why,
+            )
+            self.close(CLOSE_POLICY, "too slow: not reading")
             return
         sender.send(frame)
 
@@ -145,6 +164,17 @@ class PeerClientFactory(WebSocketClientFactory):
         self.dialer = dialer
         self.max_frame_bytes = max_frame_bytes
         tune_factory(self, max_frame_bytes)
+
+
+@implementer(IStreamClientEndpoint)
+class _FailingEndpoint:
+    """An endpoint whose every connection attempt fails (an address we cannot dial as configured)."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    def connect(self, factory: Any) -> Deferred:
+        return fail(ConnectError(string=self._reason))
 
 
 class _QuietClientService(ClientService):
@@ -190,7 +220,7 @@ class PeerDialer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.address}"
+        return f"{self.outgoing.scheme_for(self.host, self.port)}://{self.address}"
 
     # -- what the mesh asks ------------------------------------------------------------------
 
@@ -330,6 +360,8 @@ class OutgoingLinks(Service):
         rand: Callable[[], float] = random.random,
         connect_timeout: float = 10.0,
         endpoint_for: Callable[[str, int], IStreamClientEndpoint] | None = None,
+        tls_policy: tls.PeerTLS | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -345,6 +377,9 @@ class OutgoingLinks(Service):
         self._rand = rand
         self.connect_timeout = connect_timeout
         self._endpoint_for = endpoint_for
+        self.tls = tls_policy or tls.PeerTLS()
+        self.max_send_queue = limits.max_send_queue
+        self.max_send_queue_bytes = limits.max_send_queue_bytes
         self.link_ids = itertools.count(1)
         self.dialers: list[PeerDialer] = []
         mesh.set_outgoing(self)
@@ -352,9 +387,21 @@ class OutgoingLinks(Service):
     def delay_for(self, failures: int) -> float:
         return backoff_delay(failures, self.base_delay, self.max_delay, self.jitter, self._rand)
 
+    def scheme_for(self, host: str, port: int) -> str:
+        """``wss`` if the peer at ``host:port`` is dialled over TLS, else ``ws``."""
+        return self.tls.scheme(host, port)
+
     def endpoint_for(self, host: str, port: int) -> IStreamClientEndpoint:
         if self._endpoint_for is not None:
             return self._endpoint_for(host, port)
+        if self.tls.uses_tls(host, port):
+            # Hostname (or IP) verified through service_identity, CA file and SPKI pins (socp_tw.tls).
+            try:
+                context = self.tls.context(host, port)
+            except tls.TLSConfigError as e:
+                _log.error("Cannot dial {host}:{port} over TLS: {why}", host=host, port=port, why=str(e))
+                return _FailingEndpoint(str(e))
+            return tls.client_endpoint(self._reactor, host, port, context, timeout=self.connect_timeout)
         if ":" in host:  # an IPv6 literal: the tcp: string parser has no IPv6 client form
             return HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
         return clientFromString(

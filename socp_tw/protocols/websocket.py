@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import itertools
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from zope.interface import implementer
 
 from socp_tw import __version__, wire
 from socp_tw.interfaces import IHub, ILink
+from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
 from socp_tw.protocols.links import OrderedSender
+from socp_tw.services.files import send_backlog
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -64,14 +69,38 @@ def close_link(protocol: WebSocketProtocol, code: int, reason: str | None) -> No
     protocol.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason or "", 123), isReply=False)
 
 
+def send_overflow(protocol: WebSocketProtocol, queued: int, max_frames: int, max_bytes: int) -> str | None:
+    """Why a link's outgoing backlog is past its bounds (a peer that does not read), or None.
+
+    ``queued`` frames wait in its :class:`OrderedSender` (for signatures); the bytes are
+    those written but not yet taken by the kernel (the transport's buffer).
+    """
+    if queued >= max_frames:
+        return f"{queued} frames waiting to be sent"
+    buffered = send_backlog(protocol)
+    if buffered > max_bytes:
+        return f"{buffered} bytes waiting to be read"
+    return None
+
+
+def discard(frame) -> None:
+    """Drop a frame nobody will send (a failing Deferred must not be left unhandled)."""
+    if isinstance(frame, Deferred):
+        frame.addErrback(lambda _: None)
+
+
 def cancel_close_timer(protocol: WebSocketProtocol) -> None:
     """Cancel Autobahn's close-handshake timer, which it leaves running when the TCP
     connection drops before the peer's close reply (a stray timer after the link is gone)."""
     timer = getattr(protocol, "closeHandshakeTimeoutCall", None)
-    if timer is not None:
-        if timer.active():
-            timer.cancel()
-        protocol.closeHandshakeTimeoutCall = None
+    if timer is None:
+        return
+    protocol.closeHandshakeTimeoutCall = None
+    try:
+        # A txaio batched call (no ``active()``), or a plain IDelayedCall.
+        timer.cancel()
+    except (AttributeError, ValueError, AlreadyCalled, AlreadyCancelled):
+        pass  # it already ran, or was cancelled
 
 
 @implementer(ILink)
@@ -87,6 +116,7 @@ class SOCPServerProtocol(WebSocketServerProtocol):
         self.role = "pending"
         self.identity: str | None = None
         self._sender = OrderedSender(self._write_frame, self.link_id)
+        self._overflowed = False
         return None
 
     def onOpen(self) -> None:
@@ -134,13 +164,44 @@ class SOCPServerProtocol(WebSocketServerProtocol):
     # ILink
 
     def send(self, frame) -> None:
+        factory = self.factory
+        why = None
+        if not self._overflowed:
+            why = send_overflow(self, len(self._sender), factory.max_send_queue, factory.max_send_queue_bytes)
+        if self._overflowed or why is not None:
+            discard(frame)
+            if not self._overflowed:
+                self._overflowed = True
+                factory.hub.counters["closed.send_overflow"] += 1
+                self._log.warn(
+                    "Closing link {link} ({who}): it does not read what we send ({why})",
+                    link=self.link_id,
+                    who=self.identity or self.peer,
+                    why=why,
+                )
+                self.close(CLOSE_POLICY, "too slow: not reading")
+            return
         self._sender.send(frame)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
         close_link(self, code, reason)
 
     def _write_frame(self, data: bytes) -> None:
-        self.sendMessage(data, isBinary=False)
+        # One unfragmented text frame: header, then the payload object as is.  Nothing is
+        # copied, so a frame fanned out to many links is held once in memory (Autobahn's
+        # sendMessage joins a copy per link), and the per-send bookkeeping is skipped.
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            raise Disconnected("the link is not open")
+        self.transport.writeSequence((text_frame_header(len(data)), data))
+
+
+def text_frame_header(length: int) -> bytes:
+    """The RFC 6455 header of an unmasked, final text frame of ``length`` payload bytes."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
 class SOCPServerFactory(WebSocketServerFactory):
@@ -148,9 +209,17 @@ class SOCPServerFactory(WebSocketServerFactory):
 
     protocol = SOCPServerProtocol
 
-    def __init__(self, url: str | None, hub: IHub, max_frame_bytes: int = wire.MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        hub: IHub,
+        max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         super().__init__(url, server=f"socp-tw/{__version__}")
         self.hub = IHub(hub)
         self.max_frame_bytes = max_frame_bytes
+        self.max_send_queue = limits.max_send_queue
+        self.max_send_queue_bytes = limits.max_send_queue_bytes
         self.link_ids = itertools.count(1)
         tune_factory(self, max_frame_bytes)

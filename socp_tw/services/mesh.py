@@ -41,6 +41,7 @@ from socp_tw.interfaces import (
     ISigner,
     IWorkers,
 )
+from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter
 from socp_tw.logs import get_logger
 
 PEERS_FILE = "peers.json"
@@ -226,6 +227,7 @@ class _LinkState:
     failures: deque = field(default_factory=deque)
     answered_types: set = field(default_factory=set)
     said_goodbye: bool = False
+    throttled: bool = False  # paced for going over peer_rate at least once (logged once)
 
     @property
     def direction(self) -> str:
@@ -306,6 +308,7 @@ class Mesh(Service):
         forged_window: float = 60.0,
         stop_timeout: float = 10.0,
         now_ms: Callable[[], int] = wire.now_ms,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -328,6 +331,10 @@ class Mesh(Service):
         self._now_ms = now_ms
         self._seen = SeenCache(reactor, seen_max, seen_max_age)
         self.counters: Counter[str] = Counter()
+        # Per-peer pacing (docs/SECURITY.md): a link past its bucket is not read for a while.
+        self.peer_rate = limits.peer_rate
+        self._peer_rate = RateLimiter(limits.peer_rate, limits.peer_burst, reactor, max_keys=limits.max_peers)
+        self._paused: dict[str, IDelayedCall] = {}
 
         own_key = crypto.load_public_key(self._signer.public_key_text)
         self._own_pubkey = crypto.encode_public_key(own_key)
@@ -434,6 +441,13 @@ class Mesh(Service):
             if timer.active():
                 timer.cancel()
         self._withdraw_timers.clear()
+        for link_id, paused in list(self._paused.items()):  # read again: the close replies must arrive
+            if paused.active():
+                paused.cancel()
+            state = self._links.get(link_id)
+            if state is not None:
+                self._unpause(state.link)
+        self._paused.clear()
         waiting = []
         for state in list(self._links.values()):
             self._stop_timers(state)
@@ -570,6 +584,7 @@ class Mesh(Service):
                 self._first_frame(link, envelope)
             return
         state.last_seen = self._clock.seconds()
+        self._pace(state)
         if state.joining:
             self._joining_frame(state, envelope)
         elif state.server_id is not None:
@@ -580,6 +595,7 @@ class Mesh(Service):
         state = self._links.get(link.link_id)
         if state is not None:
             state.last_seen = self._clock.seconds()
+            self._pace(state)
         self.counters["rejected." + error.code] += 1
         self._log.warn(
             "Dropped malformed frame from server {server} ({code}: {detail})",
@@ -589,6 +605,10 @@ class Mesh(Service):
         )
 
     def link_closed(self, link: ILink, reason: str | None) -> None:
+        self._peer_rate.forget(link.link_id)
+        paused = self._paused.pop(link.link_id, None)
+        if paused is not None and paused.active():
+            paused.cancel()
         state = self._links.pop(link.link_id, None)
         waiter = self._close_waiters.pop(link.link_id, None)
         if waiter is not None and not waiter.called:
@@ -604,6 +624,38 @@ class Mesh(Service):
             )
             return
         self._link_down(state, reason or "closed")
+
+    # -- per-peer pacing ---------------------------------------------------------------------------
+
+    def _pace(self, state: _LinkState) -> None:
+        """Spend a token of the link's bucket; past ``peer_rate`` stop reading the link until it refills.
+
+        Server frames are never dropped for speed (they carry other people's messages): a peer
+        that sends too fast is slowed down by TCP instead, so it costs at most its rate in CPU.
+        """
+        link = state.link
+        if self._peer_rate.allow(link.link_id):
+            return
+        self.counters["throttled"] += 1
+        transport = getattr(link, "transport", None)
+        if link.link_id in self._paused or not hasattr(transport, "pauseProducing"):
+            return
+        delay = max(self._peer_rate.retry_after(link.link_id), 0.01)
+        if not state.throttled:
+            state.throttled = True
+            self._log.info(
+                "Server {server_id} sends more than {rate:g} frames/s on link {link}: reading it slower",
+                server_id=state.server_id,
+                rate=self.peer_rate,
+                link=link.link_id,
+            )
+        transport.pauseProducing()
+        self._paused[link.link_id] = self._clock.callLater(delay, self._unpause, link)
+
+    def _unpause(self, link: ILink) -> None:
+        self._paused.pop(link.link_id, None)
+        if link.link_id in self._links:
+            link.transport.resumeProducing()
 
     # -- first frames of incoming links ---------------------------------------------------------
 
@@ -914,6 +966,7 @@ class Mesh(Service):
                 )
                 self._remember(server_id, key, key_text, (host, port), f"SERVER_WELCOME from {introducer}")
             except KeyRefused:
+                self.counters["welcome.refused_entry"] += 1
                 continue
             listed += 1
             self._want_link(server_id)
@@ -1223,6 +1276,7 @@ class Mesh(Service):
                 state.dialer.mark_healthy()
         if seen_key is not None:
             self._seen.add(seen_key)
+        self.counters["verified"] += 1  # every frame is counted: verified here, or dropped above
         if kind == "HEARTBEAT":
             return
         if kind == "USER_ADVERTISE":
@@ -1286,10 +1340,8 @@ class Mesh(Service):
         try:
             host, port, key_text = _parse_address_payload(envelope.payload)
             key, _ = self._check_key(origin, key_text, "SERVER_ANNOUNCE", (host, port))
-        except wire.FrameError as e:
+        except (wire.FrameError, KeyRefused) as e:  # a refused key change is also logged as an error
             self._bad_gossip(state, envelope, e.detail)
-            return
-        except KeyRefused:
             return
         if known is None and envelope.sig and not crypto.verify_payload(key, envelope.payload, envelope.sig):
             self._forged(state, envelope)

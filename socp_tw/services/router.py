@@ -9,6 +9,7 @@ sender's key against the one gossip taught us) before a local user sees them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -17,6 +18,7 @@ from zope.interface import implementer
 from socp_tw import crypto, wire
 from socp_tw.content import ContentError, extract_fields, verify_user_content
 from socp_tw.interfaces import ILink, IPeerLinks, IPresence, IRouter, ISigner, UserNotFound
+from socp_tw.limits import check_ts_window
 from socp_tw.logs import get_logger
 
 
@@ -32,10 +34,23 @@ class Router(Service):
     name = "router"
     _log = get_logger("socp_tw.router")
 
-    def __init__(self, presence: IPresence, signer: ISigner, peers: IPeerLinks) -> None:
+    def __init__(
+        self,
+        presence: IPresence,
+        signer: ISigner,
+        peers: IPeerLinks,
+        *,
+        ts_window: float | None = None,
+        now_ms: Callable[[], int] = wire.now_ms,
+    ) -> None:
+        """``ts_window`` (seconds): refuse a SERVER_DELIVER whose ``ts`` (the sender's) is further
+        than that from ``now_ms()`` with ``ERROR BAD_TS`` to its origin — with the mesh's
+        ``seen_ids`` this makes a replayed delivery fail (docs/SECURITY.md); None: no check."""
         self._presence = IPresence(presence)
         self._signer = ISigner(signer)
         self._peers = IPeerLinks(peers)
+        self._ts_window_ms = None if ts_window is None else round(ts_window * 1000)
+        self._now_ms = now_ms
         self.counters: dict[str, int] = {}
         self._peers.on_frame("SERVER_DELIVER", self.deliver_from_server)
         self._peers.on_frame("ERROR", self.error_from_server)
@@ -93,8 +108,16 @@ class Router(Service):
             sender = wire.require_uuid(payload, "sender")
             sender_pub = wire.require_str(payload, "sender_pub", max_len=4096)
             fields = extract_fields(kind, payload)
+            if self._ts_window_ms is not None:
+                check_ts_window(envelope.ts, self._now_ms(), self._ts_window_ms)
         except wire.FrameError as error:
             self._count("bad_deliver")
+            self._log.warn(
+                "Refused SERVER_DELIVER from server {origin}: {code} {detail}",
+                origin=origin,
+                code=error.code,
+                detail=error.detail,
+            )
             self._error_to_server(origin, error.code, error.detail, payload)
             return
         entry = self._presence.lookup(recipient)
@@ -145,6 +168,7 @@ class Router(Service):
 
     def error_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
         """A peer reports a failed delivery: pass it on to our sending user.  Never answered."""
+        self._count("errors_from_servers")
         payload = envelope.payload
         sender = payload.get("sender")
         if payload.get("msg_ref") != "SERVER_DELIVER" or not isinstance(sender, str):

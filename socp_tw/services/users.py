@@ -23,6 +23,7 @@ replays the current advertisements to a user right after its hello.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 from collections import Counter, OrderedDict, deque
@@ -36,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from socp_tw import crypto, keystore, wire
-from socp_tw.content import extract_fields, verify_user_content
+from socp_tw.content import USER_CONTENT_FIELDS, extract_fields, verify_user_content
 from socp_tw.interfaces import (
     IHub,
     ILink,
@@ -49,6 +50,7 @@ from socp_tw.interfaces import (
     IWorkers,
     UserNotFound,
 )
+from socp_tw.limits import DEFAULT_LIMITS, BoundedTTLCache, Limits, check_ts_window
 from socp_tw.logs import get_logger
 from socp_tw.services.presence import NameInUse, UserPresence
 
@@ -110,6 +112,12 @@ class _HelloClaim:
 
 class _LoginFailed(wire.FrameError):
     code = "LOGIN_FAILED"
+
+
+class _Replay(wire.FrameError):
+    """User content identical to a frame already accepted (same from, to, ts and payload)."""
+
+    code = "REPLAY"
 
 
 class _BadFrom(wire.FrameError):
@@ -259,6 +267,7 @@ class UserSide(Service):
         workers: IWorkers,
         clock=None,
         min_scrypt_n: int = keystore.MIN_SCRYPT_N,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -270,7 +279,10 @@ class UserSide(Service):
         self._workers = IWorkers(workers)
         self._clock = clock
         self._min_scrypt_n = min_scrypt_n
-        self.limiter = LoginLimiter(clock)
+        self.limiter = LoginLimiter(clock, max_ids=limits.max_login_failure_entries)
+        self.limits = limits
+        #: ``seen_ids`` of user content accepted here: (type, from, to, ts, sha256(canonical(payload))).
+        self._seen = BoundedTTLCache(limits.seen_ids_max, limits.seen_ids_ttl, clock)
         self.counters: Counter[str] = Counter()
         self._links: dict[str, _UserLink] = {}
         self._adverts: dict[str, bytes] = {}
@@ -301,7 +313,13 @@ class UserSide(Service):
     def send_error(
         self, link: ILink, code: str, detail: str, ref: str | None = None, to: str | None = None, **extra: Any
     ) -> None:
-        """Send a server-signed ``ERROR {code, detail, msg_ref?, ...extra}`` on a user link; count it."""
+        """Send a server-signed ``ERROR {code, detail, msg_ref?, ...extra}`` on a user link; count it.
+
+        Dropped (and counted by the hub) once the connection is past its error budget.
+        """
+        if not self._hub.allow_error(link, code):
+            return
+        detail = detail[: self.limits.max_error_detail_chars]
         payload: dict[str, Any] = wire.error_payload(code, detail)
         if ref is not None:
             payload["msg_ref"] = ref
@@ -455,7 +473,29 @@ class UserSide(Service):
         handler = self._user_frames.get(frame_type)
         if handler is None:
             raise _UnknownType(f"frame type {frame_type!r} is not understood here")
+        if frame_type in USER_CONTENT_FIELDS:
+            self._check_fresh(envelope)
         return handler(state.link, state.user_id, envelope)
+
+    def _check_fresh(self, envelope: wire.Envelope) -> None:
+        """Replay protection for user content: ``ts`` inside the window, and never the same frame twice.
+
+        A frame outside ``±ts_window`` gets ``BAD_TS``; one identical to a frame accepted in the
+        last ``seen_ids_ttl`` seconds (same from, to, ts and payload) gets ``REPLAY``.  Since
+        ``seen_ids_ttl >= 2 * ts_window``, a replay is caught by one check or the other.  The
+        frame is remembered before it is handled, so one that failed cannot be replayed either.
+        """
+        check_ts_window(envelope.ts, int(self._now() * 1000), self.limits.ts_window_ms)
+        digest = hashlib.sha256(wire.canonical(envelope.payload)).hexdigest()
+        if not self._seen.add((envelope.type, envelope.from_, envelope.to, envelope.ts, digest)):
+            self.counters["replayed"] += 1
+            self._log.warn(
+                "User {user} replayed a {type} frame (ts {ts}): dropped",
+                user=envelope.from_,
+                type=envelope.type,
+                ts=envelope.ts,
+            )
+            raise _Replay(f"this {envelope.type} frame was already received; a new frame needs a new ts")
 
     # ------------------------------------------------------------ helpers
 

@@ -1,11 +1,15 @@
-"""The hub's dispatch and error policy, with fake links and synchronous signing."""
+"""The hub's dispatch, error policy and connection limits (fake links, synchronous signing, Clock)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
+from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.services.hub import Hub
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key
@@ -85,3 +89,283 @@ class HubTests(SynchronousTestCase):
         self.hub.startService()
         self.hub.stopService()
         self.assertEqual(self.link.closed, (1001, "server shutting down"))
+
+
+# -- connection limits (docs/SECURITY.md) ---------------------------------------------------------------
+
+OTHER_USER = "2c1a4f6e-0c1f-4c39-9d0a-6f0f1e9b8a77"
+
+
+def limited_hub(**limits) -> tuple[Hub, Clock, RecordingHandler]:
+    """A started hub on a task.Clock with tight limits; a handler claims USER_HELLO."""
+    clock = Clock()
+    clock.advance(1000)
+    key = test_key(0)
+    identity = ServerIdentity(SERVER_ID, key, crypto.encode_public_key(key))
+    signer = FrameSigner(identity, SynchronousWorkers(), now_ms=lambda: 1700000000000)
+    hub = Hub(signer, clock=clock, limits=replace(DEFAULT_LIMITS, **limits))
+    handler = RecordingHandler()
+    hub.claim(["USER_HELLO"], handler)
+    hub.startService()
+    return hub, clock, handler
+
+
+def frame(type: str = "USER_HELLO", ts: int = 1, to: str = "*", from_: str = USER_ID) -> wire.Envelope:
+    return wire.Envelope(type, from_, to, ts, {}, "")
+
+
+def codes(link: FakeLink) -> list[str]:
+    return [f["payload"]["code"] for f in link.frames() if f["type"] == "ERROR"]
+
+
+class RateLimitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.hub, self.clock, self.handler = limited_hub(
+            conn_rate=10.0, conn_burst=5.0, conn_strike_limit=3, conn_strike_window=10.0
+        )
+        self.addCleanup(self.hub.stopService)
+        self.link = FakeLink("in-1")
+        self.hub.link_opened(self.link)
+
+    def test_burst_then_rate_limited_then_refilled(self) -> None:
+        for _ in range(5):
+            self.hub.frame_received(self.link, frame())
+        self.assertEqual(len(self.handler.received), 5)
+        self.hub.frame_received(self.link, frame())
+        self.assertEqual(len(self.handler.received), 5)  # not handled
+        [error] = self.link.frames()
+        self.assertEqual(error["payload"]["code"], "RATE_LIMITED")
+        self.assertEqual(error["payload"]["msg_ref"], "USER_HELLO")
+        self.assertIn("limit 10/s", error["payload"]["detail"])
+        self.assertEqual(self.hub.counters["rate_limited"], 1)
+        self.clock.advance(0.1)  # one token back
+        self.hub.frame_received(self.link, frame())
+        self.assertEqual(len(self.handler.received), 6)
+        self.assertIsNone(self.link.closed)
+
+    def test_malformed_frames_count_too(self) -> None:
+        for _ in range(6):
+            self.hub.frame_rejected(self.link, wire.NotJSON("nope"))
+        self.assertEqual(codes(self.link), ["BAD_JSON"] * 5 + ["RATE_LIMITED"])
+
+    def test_persistent_excess_closes_the_link(self) -> None:
+        for _ in range(5 + 2):
+            self.hub.frame_received(self.link, frame())
+        self.assertIsNone(self.link.closed)
+        self.hub.frame_received(self.link, frame())  # the third strike
+        self.assertEqual(self.link.closed, (1008, "rate limit exceeded repeatedly"))
+        self.assertEqual(self.hub.counters["closed.rate_limited"], 1)
+        self.assertEqual(codes(self.link), ["RATE_LIMITED"] * 2)
+        # Frames still arriving before the close completes are dropped, unanswered.
+        self.clock.advance(10)
+        self.hub.frame_received(self.link, frame())
+        self.hub.frame_rejected(self.link, wire.NotJSON("nope"))
+        self.assertEqual(len(self.handler.received), 5)
+        self.assertEqual(codes(self.link), ["RATE_LIMITED"] * 2)
+        self.assertEqual(self.hub.counters["dropped.closing"], 2)
+
+    def test_strikes_expire(self) -> None:
+        for _ in range(5):
+            self.hub.frame_received(self.link, frame())
+        for _ in range(4):
+            self.hub.frame_received(self.link, frame())  # a strike, then wait it out
+            self.clock.advance(10.01)
+            for _ in range(5):
+                self.hub.frame_received(self.link, frame())
+        self.assertIsNone(self.link.closed)
+
+    def test_server_links_are_not_limited_here(self) -> None:
+        link = FakeLink("in-2", role="server", identity=SERVER_ID)
+        self.hub.link_opened(link)
+        self.hub.bind(link, self.handler)
+        for _ in range(50):
+            self.hub.frame_received(link, frame("HEARTBEAT"))
+        self.assertEqual(len(self.handler.received), 50)
+        self.assertEqual(link.sent, [])
+
+    def test_state_forgotten_on_close(self) -> None:
+        for _ in range(6):
+            self.hub.frame_received(self.link, frame())
+        self.hub.link_closed(self.link, "gone")
+        self.assertNotIn(self.link.link_id, self.hub._conn_rate)
+        self.assertEqual(len(self.hub._strikes), 0)
+
+
+class PerUserLimitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.hub, self.clock, self.handler = limited_hub(user_rate=1.0, user_burst=3.0)
+        self.addCleanup(self.hub.stopService)
+
+    def user_link(self, link_id: str, user_id: str = USER_ID) -> FakeLink:
+        link = FakeLink(link_id, role="user", identity=user_id)
+        self.hub.link_opened(link)
+        self.hub.bind(link, self.handler)
+        return link
+
+    def test_bucket_follows_the_user_across_reconnects(self) -> None:
+        first = self.user_link("in-1")
+        for _ in range(4):
+            self.hub.frame_received(first, frame("LIST_REQUEST"))
+        self.assertEqual(codes(first), ["RATE_LIMITED"])
+        self.assertIn("per user", first.frames()[0]["payload"]["detail"])
+        self.hub.link_closed(first, "reconnecting")
+        again = self.user_link("in-2", USER_ID.upper())  # ids compare case-insensitively
+        self.hub.frame_received(again, frame("LIST_REQUEST"))
+        self.assertEqual(codes(again), ["RATE_LIMITED"])
+        other = self.user_link("in-3", OTHER_USER)
+        self.hub.frame_received(other, frame("LIST_REQUEST", from_=OTHER_USER))
+        self.assertEqual(codes(other), [])
+        self.clock.advance(1)
+        self.hub.frame_received(again, frame("LIST_REQUEST"))
+        self.assertEqual(codes(again), ["RATE_LIMITED"])  # no new error: handled
+        self.assertEqual(len(self.handler.received), 3 + 1 + 1)
+
+    def test_file_chunks_are_paced_elsewhere(self) -> None:
+        link = self.user_link("in-1")
+        for _ in range(100):
+            self.hub.frame_received(link, frame("FILE_CHUNK"))
+        self.assertEqual(codes(link), [])
+        self.assertEqual(len(self.handler.received), 100)
+
+    def test_file_chunks_cost_before_login(self) -> None:
+        hub, _, _ = limited_hub(conn_burst=5.0)
+        self.addCleanup(hub.stopService)
+        link = FakeLink("in-9")
+        hub.link_opened(link)
+        for _ in range(6):
+            hub.frame_received(link, frame("FILE_CHUNK"))
+        self.assertEqual(codes(link), ["UNKNOWN_TYPE"] * 5 + ["RATE_LIMITED"])
+
+    def test_public_message_fan_out_counts_once(self) -> None:
+        link = self.user_link("in-1")
+        # A message to 200 members: one frame per member, all with the message's ts.
+        for _ in range(200):
+            self.hub.frame_received(link, frame("MSG_PUBLIC_CHANNEL", ts=5))
+        # Two more messages fit in the burst of 3; the fourth does not.
+        for ts in (6, 7, 8):
+            self.hub.frame_received(link, frame("MSG_PUBLIC_CHANNEL", ts=ts))
+        self.assertEqual(codes(link), ["RATE_LIMITED"])
+        self.assertEqual(len(self.handler.received), 202)
+
+    def test_fan_out_is_bounded(self) -> None:
+        hub, _, handler = limited_hub(user_burst=3.0, max_fanout=10)
+        self.addCleanup(hub.stopService)
+        link = FakeLink("in-1", role="user", identity=USER_ID)
+        hub.link_opened(link)
+        hub.bind(link, handler)
+        for _ in range(31):
+            hub.frame_received(link, frame("MSG_PUBLIC_CHANNEL", ts=5))
+        self.assertEqual(len(handler.received), 30)  # three groups of ten
+        self.assertEqual(codes(link), ["RATE_LIMITED"])
+
+
+class ErrorBudgetTests(SynchronousTestCase):
+    def test_errors_beyond_the_budget_are_dropped(self) -> None:
+        hub, clock, _ = limited_hub(error_rate=1.0, error_burst=3.0)
+        self.addCleanup(hub.stopService)
+        link = FakeLink("in-1")
+        hub.link_opened(link)
+        for _ in range(5):
+            hub.frame_received(link, frame("NO_SUCH_TYPE"))
+        self.assertEqual(codes(link), ["UNKNOWN_TYPE"] * 3)
+        self.assertEqual(hub.counters["errors_suppressed"], 2)
+        self.assertEqual(hub.counters["unknown_type"], 5)
+        clock.advance(1)
+        hub.frame_received(link, frame("NO_SUCH_TYPE"))
+        self.assertEqual(len(codes(link)), 4)
+        self.assertFalse(hub.allow_error(link))
+        server = FakeLink("in-2", role="server", identity=SERVER_ID)
+        self.assertTrue(all(hub.allow_error(server) for _ in range(10)))
+
+    def test_detail_is_cut(self) -> None:
+        hub, _, _ = limited_hub(max_error_detail_chars=20)
+        self.addCleanup(hub.stopService)
+        link = FakeLink("in-1")
+        hub.link_opened(link)
+        hub.send_error(link, "BAD_FIELD", "x" * 100)
+        self.assertEqual(link.frames()[0]["payload"]["detail"], "x" * 20)
+
+
+class IdentifyTimeoutTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.hub, self.clock, self.handler = limited_hub(identify_timeout=30.0, auth_timeout=120.0)
+        self.addCleanup(self.hub.stopService)
+        self.link = FakeLink("in-1")
+        self.hub.link_opened(self.link)
+
+    def test_silent_connection_closed(self) -> None:
+        self.clock.advance(29.9)
+        self.assertIsNone(self.link.closed)
+        self.clock.advance(0.1)
+        self.assertEqual(self.link.closed, (1008, "no identifying frame within 30 s"))
+        self.assertEqual(self.hub.counters["closed.identify_timeout"], 1)
+        self.hub.link_closed(self.link, "closed")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_heartbeats_and_unknown_frames_do_not_identify(self) -> None:
+        self.hub.frame_received(self.link, frame("HEARTBEAT"))
+        self.hub.frame_received(self.link, frame("NO_SUCH_TYPE"))
+        self.hub.frame_rejected(self.link, wire.NotJSON("x"))
+        self.clock.advance(30)
+        self.assertEqual(self.link.closed[0], 1008)
+
+    def test_identified_link_gets_until_auth_timeout(self) -> None:
+        self.hub.frame_received(self.link, frame())  # claimed: a login starts
+        self.clock.advance(30)
+        self.assertIsNone(self.link.closed)
+        self.clock.advance(89.9)
+        self.assertIsNone(self.link.closed)
+        self.clock.advance(0.1)
+        self.assertEqual(self.link.closed, (1008, "not authenticated within 120 s"))
+        self.assertEqual(self.hub.counters["closed.auth_timeout"], 1)
+
+    def test_authenticated_link_stays(self) -> None:
+        self.hub.frame_received(self.link, frame())
+        self.hub.bind(self.link, self.handler)
+        self.link.role, self.link.identity = "user", USER_ID
+        self.clock.advance(1000)
+        self.assertIsNone(self.link.closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_server_link_stays(self) -> None:
+        self.link.role = "server"
+        self.clock.advance(1000)
+        self.assertIsNone(self.link.closed)
+
+    def test_closed_link_cancels_its_timer(self) -> None:
+        self.hub.link_closed(self.link, "bye")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_timers_unless_running(self) -> None:
+        self.hub.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.link.closed, (1001, "server shutting down"))
+        self.hub.link_opened(FakeLink("in-2"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ConnectionCountTests(SynchronousTestCase):
+    def test_pending_and_total_bounds(self) -> None:
+        hub, _, handler = limited_hub(max_connections=3, max_pending_connections=2)
+        self.addCleanup(hub.stopService)
+        first, second, third = FakeLink("in-1"), FakeLink("in-2"), FakeLink("in-3")
+        hub.link_opened(first)
+        hub.link_opened(second)
+        hub.link_opened(third)
+        self.assertEqual(third.closed, (1013, "too many connections logging in (2); try again"))
+        self.assertEqual(hub.pending_links(), 2)
+        hub.frame_received(third, frame())  # a turned-away link's frames go nowhere
+        self.assertEqual(handler.received, [])
+        self.assertEqual(hub.counters["dropped.unregistered"], 1)
+        first.role, first.identity = "user", USER_ID  # logged in: no longer pending
+        fourth = FakeLink("in-4")
+        hub.link_opened(fourth)
+        self.assertIsNone(fourth.closed)
+        fifth = FakeLink("in-5")
+        hub.link_opened(fifth)
+        self.assertEqual(fifth.closed, (1013, "server full (3 connections)"))
+        self.assertEqual(hub.counters["refused.full"], 2)
+        hub.link_closed(second, "bye")
+        sixth = FakeLink("in-6")
+        hub.link_opened(sixth)
+        self.assertIsNone(sixth.closed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -12,6 +13,7 @@ from zope.interface.verify import verifyObject
 from socp_tw import crypto, keystore, wire
 from socp_tw.identity import ServerIdentity
 from socp_tw.interfaces import ILinkHandler, IPresenceObserver
+from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.services.hub import Hub
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
@@ -73,7 +75,8 @@ class UserSideTestBase(SynchronousTestCase):
         identity = ServerIdentity(self.server_id, server_key, crypto.encode_public_key(server_key))
         self.workers = SynchronousWorkers()
         self.signer = FrameSigner(identity, self.workers, now_ms=lambda: int(self.clock.seconds() * 1000))
-        self.hub = Hub(self.signer)
+        # The hub's connection rate limit has its own tests (test_hub); these flood a link on purpose.
+        self.hub = Hub(self.signer, clock=self.clock, limits=replace(DEFAULT_LIMITS, conn_burst=1000.0))
         self.presence = Presence(self.server_id)
         self.peers = FakePeerLinks([OTHER_SERVER])
         self.router = Router(self.presence, self.signer, self.peers)
@@ -775,8 +778,9 @@ class AuthenticatedLinkTests(UserSideTestBase):
         self.dm(self.alice, self.bob, alice_key(), ciphertext=ciphertext, sig="")
         self.error(self.alice_link, "BAD_FIELD")  # an empty content_sig is a shape error
         # Signed over another recipient (a replay to someone else).
-        sig = crypto.sign_content(alice_key(), crypto.dm_preimage(ciphertext, self.alice, self.alice, 1))
-        self.dm(self.alice, self.bob, alice_key(), ciphertext=ciphertext, sig=sig, ts=1)
+        ts = 1_700_000_000_001
+        sig = crypto.sign_content(alice_key(), crypto.dm_preimage(ciphertext, self.alice, self.alice, ts))
+        self.dm(self.alice, self.bob, alice_key(), ciphertext=ciphertext, sig=sig, ts=ts)
         self.error(self.alice_link, "INVALID_SIG")
         self.assertEqual(self.take(self.bob_link), [])
 
