@@ -380,7 +380,17 @@ class ClientSession:
         self.files.connection_lost(reason)
 
     def reconnect_scheduled(self, delay: float, reason: str, was_connected: bool) -> None:
-        """Report a dropped connection or a failed attempt, and when the next one starts."""
+        """Report a dropped connection or a failed attempt, and when the next one starts.
+
+        Before the first login nothing is lost when the link drops: servers close links
+        that stay unidentified (ours after 30 s) and the client quietly redials, so an
+        idle prompt isn't flooded with ``[DISCONNECTED]`` lines.
+        """
+        if was_connected and not self._want_online:
+            _log.debug(
+                "Idle connection to {url} closed ({reason}); redialling", url=self.server_url, reason=reason
+            )
+            return
         if was_connected:
             self.show(
                 f"[DISCONNECTED] lost the connection to {self.server_url} ({printable(reason)}); "

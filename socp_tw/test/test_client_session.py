@@ -531,6 +531,21 @@ class LoginTests(SessionTestBase):
 
 
 class ReconnectTests(SessionTestBase):
+    def test_idle_link_before_login_is_redialled_quietly(self) -> None:
+        """A server closing an unidentified link is no news to a user who hasn't logged in."""
+        session, ui = self.make_session()
+        link = self.server.connect(session)
+        link.close(1008, "no identifying frame within 30 s")
+        before = list(ui.lines)
+        session.reconnect_scheduled(1.0, "no identifying frame within 30 s", True)
+        self.assertEqual(ui.lines, before)
+        session.reconnect_scheduled(2.0, "Connection was refused", False)
+        self.assertIn(
+            "[DISCONNECTED] cannot connect to ws://127.0.0.1:9999 (Connection was refused); "
+            "retrying in 2.0 s",
+            ui.lines,
+        )
+
     def test_relogin_after_reconnect_without_password(self) -> None:
         session, ui, link, user_id = self.online_user(1, via_password=True)
         link.close(1006, "network down")
