@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
@@ -30,11 +31,29 @@ class FrameSigner:
         self.private_key = identity.private_key
 
     def frame_now(self, type: str, to: str, payload: dict, ts: int | None = None) -> bytes:
-        """Sign and encode synchronously (cold paths and tests)."""
-        sig = crypto.sign_payload(self._identity.private_key, payload)
-        return wire.encode_frame(type, self.server_id, to, self._now_ms() if ts is None else ts, payload, sig)
+        """Sign and encode synchronously (cold paths and tests).
+
+        The payload is serialised once: its canonical form is what the signature covers and
+        also what goes on the wire (valid JSON, the same value once decoded).
+        """
+        body = wire.canonical(payload)
+        sig = crypto.pss_sign(self._identity.private_key, body)
+        return encode_signed_frame(type, self.server_id, to, self._now_ms() if ts is None else ts, body, sig)
 
     def frame(self, type: str, to: str, payload: dict, ts: int | None = None) -> Deferred[bytes]:
         """Sign on the worker pool; fire with the encoded frame."""
         stamp = self._now_ms() if ts is None else ts
         return self._workers.run(self.frame_now, type, to, payload, stamp)
+
+
+def encode_signed_frame(type: str, from_: str, to: str, ts: int, payload_json: bytes, sig: str) -> bytes:
+    """A frame whose payload is already serialised (``canonical(payload)``): no second ``json.dumps``.
+
+    Equivalent to :func:`wire.encode_frame` once decoded; strict in the same way (``ts``
+    an int).  The envelope's strings are ASCII-escaped like the canonical payload.
+    """
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise TypeError(f"ts must be int milliseconds, not {ts!r}")
+    head = json.dumps({"type": type, "from": from_, "to": to, "ts": ts}, separators=(",", ":"))
+    tail = json.dumps(sig).encode("ascii")
+    return b"".join((head[:-1].encode("ascii"), b',"payload":', payload_json, b',"sig":', tail, b"}"))

@@ -72,8 +72,9 @@ def close_link(protocol: WebSocketProtocol, code: int, reason: str | None) -> No
 def send_overflow(protocol: WebSocketProtocol, queued: int, max_frames: int, max_bytes: int) -> str | None:
     """Why a link's outgoing backlog is past its bounds (a peer that does not read), or None.
 
-    ``queued`` frames wait in its :class:`OrderedSender` (for signatures); the bytes are
-    those written but not yet taken by the kernel (the transport's buffer).
+    ``queued`` frames wait in its :class:`OrderedSender` for their signatures; the bytes are
+    those not yet taken by the kernel: ready frames held in the sender while the transport
+    is full, and the transport's buffer (see ``send_backlog``).
     """
     if queued >= max_frames:
         return f"{queued} frames waiting to be sent"
@@ -117,6 +118,12 @@ class SOCPServerProtocol(WebSocketServerProtocol):
         self.identity: str | None = None
         self._sender = OrderedSender(self._write_frame, self.link_id)
         self._overflowed = False
+        try:
+            # Flow control: ready frames wait in the sender (shared, uncopied) while the
+            # transport's buffer is full.
+            self.transport.registerProducer(self._sender, True)
+        except (AttributeError, RuntimeError):
+            pass  # a transport without producers, or one already registered: write through
         return None
 
     def onOpen(self) -> None:
@@ -167,7 +174,9 @@ class SOCPServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         why = None
         if not self._overflowed:
-            why = send_overflow(self, len(self._sender), factory.max_send_queue, factory.max_send_queue_bytes)
+            why = send_overflow(
+                self, self._sender.pending, factory.max_send_queue, factory.max_send_queue_bytes
+            )
         if self._overflowed or why is not None:
             discard(frame)
             if not self._overflowed:
@@ -185,6 +194,12 @@ class SOCPServerProtocol(WebSocketServerProtocol):
 
     def close(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
         close_link(self, code, reason)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of ready frames waiting in this link's sender (read by ``send_backlog``)."""
+        sender = getattr(self, "_sender", None)
+        return sender.held_bytes if sender is not None else 0
 
     def _write_frame(self, data: bytes) -> None:
         # One unfragmented text frame: header, then the payload object as is.  Nothing is

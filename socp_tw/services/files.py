@@ -79,12 +79,13 @@ def chunk_count(size: int) -> int:
 
 
 def send_backlog(link: Any) -> int:
-    """Bytes written to ``link`` that its transport has not yet handed to the kernel.
+    """Bytes sent to ``link`` that its transport has not yet handed to the kernel.
 
-    Reads Twisted's ``FileDescriptor`` buffers (``dataBuffer``, ``_tempDataLen``), looking
-    through a TLS wrapper; 0 when the link has no such transport (fakes, unknown transports).
+    Counts the ready frames its sender holds back (``queued_bytes``) and reads Twisted's
+    ``FileDescriptor`` buffers (``dataBuffer``, ``_tempDataLen``), looking through a TLS
+    wrapper; 0 when the link has no such transport (fakes, unknown transports).
     """
-    total = 0
+    total = int(getattr(link, "queued_bytes", 0) or 0)  # ready frames its sender holds back
     transport = getattr(link, "transport", None)
     for _ in range(4):  # link -> (TLS wrapper ->) TCP connection
         if transport is None:

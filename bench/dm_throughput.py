@@ -1,0 +1,214 @@
+"""(b) Sustained cross-server DM throughput with N concurrent senders, beside the signing floor.
+
+Two real servers (separate processes, B joined to A); ``--senders`` users on A each
+send to their own recipient on B (raw WebSocket users, TOFU hellos).  Every message
+is a conforming MSG_DIRECT made before the clock runs.  Each sender keeps at most
+``--window`` messages in flight and paces itself under the servers' per-user rate
+limit (``--rate`` per second), so the offered load (senders x rate) exceeds what the
+servers can sign and the servers, not the senders, set the pace.  After a warm-up,
+deliveries are counted for ``--seconds``.
+
+The floor: each cross-server DM forces two server signatures (A's SERVER_DELIVER,
+B's USER_DELIVER) and three verifications (the content_sig at A and at B, A's
+signature at B).  Both servers share this machine's cores, so the signing floor is
+the machine's parallel signing rate, measured in this run, divided by 2.  The bench
+also reports the servers' CPU per message against the RSA CPU per message, a ratio
+that other load on a shared machine disturbs less.
+
+    python bench/dm_throughput.py [--senders 48] [--seconds 10] [--window 2] [--rate 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import Counter, deque
+
+import floor as floor_mod
+from _harness import (
+    CpuMeter,
+    RawUser,
+    UserKey,
+    connect_user,
+    describe_cpu,
+    generate_keys,
+    machine_description,
+    presign,
+    sleep,
+    stop_all,
+    summary,
+    two_servers,
+    until,
+    work_dir,
+)
+from twisted.internet import defer, task
+
+from socp_tw import wire
+
+WARMUP = 2.0
+
+
+class Sender:
+    """One sending user: its queue of pre-signed frames, in-flight count and token bucket."""
+
+    def __init__(self, user: RawUser, rate: float, burst: float) -> None:
+        self.user = user
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.in_flight = 0
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = time.perf_counter()
+
+    def can_send(self, now: float, window: int) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return bool(self.queue) and self.in_flight < window and self.tokens >= 1
+
+
+async def main(reactor, options) -> None:
+    print(machine_description())
+    before = floor_mod.measure()
+    keys = generate_keys(4)
+    server_keys, sender_key, recipient_key = keys[:2], UserKey(keys[2]), UserKey(keys[3])
+    work = work_dir()
+    servers = await two_servers(work, server_keys, log_level=options.log_level)
+    a, b = servers
+    sent_at: dict[str, tuple[float, Sender]] = {}
+    delivered: list[tuple[float, float]] = []  # (arrival, latency)
+    errors: Counter[str] = Counter()
+    seen: dict[str, set[str]] = {}
+    state = {"window": options.window}
+
+    def on_frame(user: RawUser, frame: dict) -> None:
+        kind = frame.get("type")
+        if kind == "USER_DELIVER":
+            now = time.perf_counter()
+            entry = sent_at.pop(frame["payload"]["ciphertext"], None)
+            if entry is not None:
+                start, sender = entry
+                delivered.append((now, now - start))
+                sender.in_flight -= 1
+                pump()
+        elif kind == "USER_ADVERTISE":
+            seen.setdefault(user.user_id, set()).add(frame["payload"]["user_id"])
+        elif kind == "ERROR":
+            errors[frame["payload"].get("code", "?")] += 1
+
+    senders: list[Sender] = []
+
+    def pump() -> None:
+        now = time.perf_counter()
+        for sender in senders:
+            while sender.can_send(now, state["window"]):
+                ciphertext, frame = sender.queue.popleft()
+                sender.tokens -= 1
+                sender.in_flight += 1
+                sent_at[ciphertext] = (now, sender)
+                sender.user.send(frame)
+
+    users: list[RawUser] = []
+    ticker = task.LoopingCall(pump)
+    try:
+        for _ in range(options.senders):
+            user = RawUser(wire.new_uuid4(), sender_key.text, on_frame)
+            users.append(await connect_user(a.url, user))
+            senders.append(Sender(user, options.rate, min(options.rate, 10)))
+        recipients = [RawUser(wire.new_uuid4(), recipient_key.text, on_frame) for _ in senders]
+        for user in recipients:
+            users.append(await connect_user(b.url, user))
+        wanted = {r.user_id for r in recipients}
+        await until(lambda: all(wanted <= seen.get(s.user.user_id, set()) for s in senders), "presence", 60)
+        await sleep(1.0)  # public channel joins and re-keying settle
+
+        expected = before.signs_per_s / 2
+        offered = options.senders * options.rate
+        count = math.ceil(min(expected * 1.3, offered) * (WARMUP + options.seconds))
+        print(
+            f"pre-signing {count} messages (signing floor ~{expected:.0f}/s, offered "
+            f"{options.senders} x {options.rate:g}/s = {offered:.0f}/s)..."
+        )
+        jobs = [
+            (
+                senders[i % len(senders)].user.user_id,
+                sender_key,
+                recipients[i % len(senders)].user_id,
+                recipient_key,
+            )
+            for i in range(count)
+        ]
+        for i, message in enumerate(presign(jobs)):
+            senders[i % len(senders)].queue.append(message)
+
+        cpu0 = sum(s.cpu_seconds() for s in servers)
+        start = time.perf_counter()
+        for sender in senders:
+            sender.last = start
+        ticker.start(0.005)
+        await sleep(WARMUP)
+        meter = CpuMeter(servers)
+        window_start, cpu_start, n_start = (
+            time.perf_counter(),
+            sum(s.cpu_seconds() for s in servers),
+            len(delivered),
+        )
+        await sleep(options.seconds)
+        window_end, cpu_end, n_end = (
+            time.perf_counter(),
+            sum(s.cpu_seconds() for s in servers),
+            len(delivered),
+        )
+        usage = meter.stop()
+        ran_out = sum(1 for s in senders if not s.queue)
+        ticker.stop()
+        await until(lambda: not sent_at, "in-flight messages to arrive", 20)
+    finally:
+        if ticker.running:
+            ticker.stop()
+        for user in users:
+            user.close()
+        await sleep(0.2)
+        stop_all(servers, work, keep=options.keep)
+    after = floor_mod.measure()
+    floor = before.combine(after)
+    seconds = window_end - window_start
+    rate = (n_end - n_start) / seconds
+    signing_floor = floor.signs_per_s / 2
+    rsa_floor = 1 / floor.parallel_seconds(signs=2, verifies=3)
+    cpu_per_msg = (cpu_end - cpu_start) / (n_end - n_start)
+    rsa_per_msg = floor.cpu_seconds(signs=2, verifies=3)
+    latencies = [lat for at, lat in delivered if window_start <= at <= window_end]
+    each = f"window {options.window}, <= {options.rate:g}/s each"
+    print(f"DM throughput A -> B, {options.senders} senders ({each}):")
+    print(f"  {n_end - n_start} delivered in {seconds:.2f} s = {rate:.1f} messages/s")
+    print(f"  latency under load: {summary(latencies)}")
+    print(f"  {floor.describe()}")
+    print(
+        f"  signing floor (capacity / 2 signatures per message): {signing_floor:.1f} messages/s "
+        f"(before {before.signs_per_s / 2:.0f}, after {after.signs_per_s / 2:.0f}); "
+        f"with the 3 verifications: {rsa_floor:.1f}/s"
+    )
+    print(f"  achieved / signing floor = {rate / signing_floor:.2f}   (target >= 0.80)")
+    print(f"  {describe_cpu(usage)}")
+    print(
+        f"  server CPU per message {cpu_per_msg * 1e3:.2f} ms, of which RSA {rsa_per_msg * 1e3:.2f} ms "
+        f"-> RSA share of server CPU {rsa_per_msg / cpu_per_msg:.2f}"
+    )
+    print(f"  total delivered {len(delivered)}, errors {dict(errors) or 'none'}", end="")
+    print(f", {ran_out} senders ran out of messages" if ran_out else "")
+    print(f"  (server CPU over the whole run: {cpu_end - cpu0:.1f} s)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--senders", type=int, default=48, help="concurrent senders (default 48)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window (default 10 s)")
+    parser.add_argument("--window", type=int, default=2, help="messages in flight per sender (default 2)")
+    parser.add_argument("--rate", type=float, default=16.0, help="messages/s per sender at most (default 16)")
+    parser.add_argument("--log-level", default="info", help="servers' --log-level (default info)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
+    opts = parser.parse_args()
+    if not 1 <= opts.senders <= 1000 or not 1 <= opts.seconds <= 60 or not 1 <= opts.window <= 100:
+        parser.error("--senders 1..1000, --seconds 1..60, --window 1..100")
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, opts)))

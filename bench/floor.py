@@ -1,0 +1,156 @@
+"""The crypto floor: what the RSA-4096 operations SOCP forces cost on this machine, now.
+
+Every benchmark imports this and measures the floor in the same run as its workload
+(before and after it).  Measured with the code the server runs (``socp_tw.crypto``):
+
+* ``sign``: RSASSA-PSS-SHA256 signature (a server's transport ``sig``, a content_sig);
+* ``verify``: PSS verification (any salt length, as the server checks);
+* ``encrypt`` / ``decrypt``: RSA-OAEP-SHA256 of one 446-byte block.
+
+Each is the CPU time of the calling thread per operation (``time.thread_time``), the
+median of several batches: the cost of the operation itself, which other processes on
+a shared machine do not inflate the way they inflate wall-clock time.  The machine's
+signing capacity is ``cores / sign`` (``cryptography`` releases the GIL inside OpenSSL, so
+one thread per core signs in parallel); ``parallel_signs_per_s`` is what one thread per
+core actually achieved in wall-clock time during the measurement, to show how much of
+the machine was free.
+
+    python bench/floor.py        # print the floor alone
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from _harness import ROOT  # noqa: F401  (puts the tree on sys.path)
+
+from socp_tw import crypto, wire
+
+BATCHES = 5
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Seconds per RSA-4096 operation, and the machine's parallel signing rate."""
+
+    sign: float
+    verify: float
+    encrypt: float
+    decrypt: float
+    parallel_signs_per_s: float  # measured wall-clock rate (informational: machine availability)
+    cores: int
+
+    @property
+    def signs_per_s(self) -> float:
+        """The machine's signing capacity: every core signing, at the measured CPU cost."""
+        return self.cores / self.sign
+
+    def combine(self, other: Floor) -> Floor:
+        """The mean of two measurements (before and after a workload)."""
+        return Floor(
+            (self.sign + other.sign) / 2,
+            (self.verify + other.verify) / 2,
+            (self.encrypt + other.encrypt) / 2,
+            (self.decrypt + other.decrypt) / 2,
+            (self.parallel_signs_per_s + other.parallel_signs_per_s) / 2,
+            self.cores,
+        )
+
+    def cpu_seconds(self, signs: float = 0, verifies: float = 0) -> float:
+        """Single-thread seconds of ``signs`` signatures and ``verifies`` verifications."""
+        return signs * self.sign + verifies * self.verify
+
+    def parallel_seconds(self, signs: float = 0, verifies: float = 0) -> float:
+        """Wall seconds for that work spread evenly over every core."""
+        return self.cpu_seconds(signs, verifies) / self.cores
+
+    def describe(self) -> str:
+        return (
+            f"RSA-4096 on this machine now: sign {self.sign * 1e3:.2f} ms, "
+            f"verify {self.verify * 1e3:.3f} ms, "
+            f"OAEP encrypt {self.encrypt * 1e3:.3f} ms, decrypt {self.decrypt * 1e3:.2f} ms; "
+            f"capacity {self.signs_per_s:.0f} signatures/s on {self.cores} cores "
+            f"(achieved now with {self.cores} threads: {self.parallel_signs_per_s:.0f}/s)"
+        )
+
+
+def _per_call(f: Callable[[], object], rounds: int) -> float:
+    """Median over BATCHES of the mean thread CPU seconds per call of ``rounds`` calls."""
+    samples = []
+    for _ in range(BATCHES):
+        start = time.thread_time()
+        for _ in range(rounds):
+            f()
+        samples.append((time.thread_time() - start) / rounds)
+    return statistics.median(samples)
+
+
+def _parallel_signs(key, data: bytes, threads: int, seconds: float) -> float:
+    """Signatures per second with ``threads`` threads signing flat out for ~``seconds``."""
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+    barrier = threading.Barrier(threads + 1)
+
+    def work(slot: int) -> None:
+        barrier.wait()
+        n = 0
+        while time.perf_counter() < stop:
+            key.sign(data, crypto._PSS_SEND, crypto._SHA256)
+            n += 1
+        counts[slot] = n
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    started = time.perf_counter()
+    barrier.wait()
+    for thread in pool:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+_KEY = None
+
+
+def bench_key():
+    """One RSA-4096 key for the floor (generated once per process)."""
+    global _KEY
+    if _KEY is None:
+        _KEY = crypto.generate_private_key()
+    return _KEY
+
+
+def measure(key=None, parallel_seconds: float = 1.0) -> Floor:
+    """Time each operation now (about 2 s in all)."""
+    key = key or bench_key()
+    public = key.public_key()
+    # A USER_DELIVER-sized payload: what a server signs per message.
+    payload = {
+        "ciphertext": wire.b64u_encode(os.urandom(512)),
+        "sender": wire.new_uuid4(),
+        "sender_pub": crypto.encode_public_key(key),
+        "content_sig": wire.b64u_encode(os.urandom(512)),
+    }
+    data = wire.canonical(payload)
+    sig = crypto.pss_sign(key, data)
+    block = os.urandom(crypto.OAEP_MAX_PLAINTEXT)
+    ciphertext = crypto.oaep_encrypt(public, block)
+    sign = _per_call(lambda: crypto.pss_sign(key, data), 20)
+    verify = _per_call(lambda: crypto.pss_verify(public, data, sig), 200)
+    encrypt = _per_call(lambda: crypto.oaep_encrypt(public, block), 200)
+    decrypt = _per_call(lambda: crypto.oaep_decrypt(key, ciphertext), 20)
+    cores = os.cpu_count() or 1
+    parallel = _parallel_signs(key, data, cores, parallel_seconds)
+    return Floor(sign, verify, encrypt, decrypt, parallel, cores)
+
+
+if __name__ == "__main__":
+    from _harness import machine_description
+
+    print(machine_description())
+    print(measure().describe())
