@@ -7,6 +7,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw.protocols.links import OrderedSender
+from socp_tw.protocols.websocket import text_frame_header
 
 
 class OrderedSenderTests(SynchronousTestCase):
@@ -56,3 +57,86 @@ class OrderedSenderTests(SynchronousTestCase):
         sender.send(b"x")
         self.assertTrue(sender.closed)
         sender.send(b"y")  # no exception either
+
+
+class FlowControlTests(SynchronousTestCase):
+    """The sender as the transport's push producer: ready frames wait while the transport is full."""
+
+    def setUp(self) -> None:
+        self.written: list[bytes] = []
+        self.sender = OrderedSender(self.written.append, "test")
+
+    def test_paused_sender_holds_frames_until_resumed(self) -> None:
+        self.sender.pauseProducing()
+        self.sender.send(b"one")
+        signed: Deferred[bytes] = Deferred()
+        self.sender.send(signed)
+        self.sender.send(b"three")
+        signed.callback(b"two")
+        self.assertEqual(self.written, [])
+        self.assertEqual((len(self.sender), self.sender.pending, self.sender.held_bytes), (3, 0, 11))
+        self.sender.resumeProducing()
+        self.assertEqual(self.written, [b"one", b"two", b"three"])
+        self.assertEqual((len(self.sender), self.sender.held_bytes), (0, 0))
+
+    def test_pause_during_a_flush_stops_it(self) -> None:
+        def write(data: bytes) -> None:
+            self.written.append(data)
+            self.sender.pauseProducing()  # what a full transport does inside write()
+
+        self.sender = OrderedSender(write, "test")
+        first: Deferred[bytes] = Deferred()
+        self.sender.send(first)
+        self.sender.send(b"b")
+        self.sender.send(b"c")
+        first.callback(b"a")
+        self.assertEqual(self.written, [b"a"])
+        self.sender.resumeProducing()
+        self.assertEqual(self.written, [b"a", b"b"])
+        self.sender.resumeProducing()
+        self.assertEqual(self.written, [b"a", b"b", b"c"])
+
+    def test_pending_counts_frames_waiting_for_a_signature(self) -> None:
+        frames = [Deferred() for _ in range(3)]
+        for frame in frames:
+            self.sender.send(frame)
+        self.assertEqual(self.sender.pending, 3)
+        frames[1].callback(b"xx")
+        self.assertEqual((self.sender.pending, self.sender.held_bytes), (2, 2))
+        frames[2].errback(ValueError("not signed"))
+        frames[0].callback(b"y")
+        self.assertEqual(self.written, [b"y", b"xx"])
+        self.assertEqual((self.sender.pending, self.sender.held_bytes, len(self.sender)), (0, 0, 0))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_idle_sender_keeps_no_queue(self) -> None:
+        self.sender.pauseProducing()
+        self.sender.send(b"x")
+        self.sender.resumeProducing()
+        self.assertIsNone(self.sender._queue)
+
+    def test_stop_producing_closes(self) -> None:
+        self.sender.pauseProducing()
+        self.sender.send(b"x")
+        self.sender.stopProducing()
+        self.sender.resumeProducing()
+        self.sender.send(b"y")
+        self.assertEqual(self.written, [])
+        self.assertTrue(self.sender.closed)
+        self.assertEqual(self.sender.held_bytes, 0)
+
+    def test_frame_ready_after_close_is_dropped(self) -> None:
+        pending: Deferred[bytes] = Deferred()
+        self.sender.send(pending)
+        self.sender.close()
+        pending.callback(b"late")
+        self.assertEqual((self.written, self.sender.pending, self.sender.held_bytes), ([], 0, 0))
+
+
+class TextFrameHeaderTests(SynchronousTestCase):
+    def test_lengths(self) -> None:
+        self.assertEqual(text_frame_header(0), b"\x81\x00")
+        self.assertEqual(text_frame_header(125), b"\x81\x7d")
+        self.assertEqual(text_frame_header(126), b"\x81\x7e\x00\x7e")
+        self.assertEqual(text_frame_header(65535), b"\x81\x7e\xff\xff")
+        self.assertEqual(text_frame_header(65536), b"\x81\x7f" + (65536).to_bytes(8, "big"))

@@ -1,0 +1,136 @@
+"""The hot paths reshaped for performance (issue 8) keep their contracts.
+
+* ``FrameSigner.frame_now`` serialises the payload once (its canonical form goes on the
+  wire): the frame parses to the same envelope and its signature verifies.
+* A listening link registers its :class:`OrderedSender` as the transport's producer:
+  while the transport is full, ready frames wait (uncopied) in the sender, count as
+  queued bytes for back-pressure (``send_backlog``) and for the slow-reader bound.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from socp_tw import crypto, wire
+from socp_tw.identity import ServerIdentity
+from socp_tw.interfaces import ISigner
+from socp_tw.limits import DEFAULT_LIMITS
+from socp_tw.protocols.websocket import SOCPServerFactory
+from socp_tw.services.files import send_backlog
+from socp_tw.services.hub import Hub
+from socp_tw.signer import FrameSigner, encode_signed_frame
+from socp_tw.test.keys import test_key
+from socp_tw.testing import SynchronousWorkers
+
+
+class SignedFrameTests(SynchronousTestCase):
+    def test_encode_signed_frame_is_encode_frame_once_parsed(self) -> None:
+        payload = {"b": "é ✓", "a": [1, {"x": None, "y": True}], "n": 2**40}
+        sender, to = wire.new_uuid4(), wire.new_uuid4()
+        fast = encode_signed_frame("USER_DELIVER", sender, to, 1700000000123, wire.canonical(payload), "c2ln")
+        slow = wire.encode_frame("USER_DELIVER", sender, to, 1700000000123, payload, "c2ln")
+        self.assertEqual(wire.parse_envelope(fast), wire.parse_envelope(slow))
+        self.assertEqual(json.loads(fast), json.loads(slow))
+
+    def test_ts_must_be_an_int(self) -> None:
+        for ts in (1.5, True, "1"):
+            with self.assertRaises(TypeError):
+                encode_signed_frame("ACK", "a", "b", ts, b"{}", "")  # type: ignore[arg-type]
+
+    def test_frame_now_verifies(self) -> None:
+        key = test_key(0)
+        identity = ServerIdentity(wire.new_uuid4(), key, crypto.encode_public_key(key))
+        signer = FrameSigner(identity, SynchronousWorkers(), now_ms=lambda: 42)
+        payload = {"user_id": wire.new_uuid4(), "ciphertext": "Y2lwaGVy", "meta": {"client": "ü"}}
+        envelope = wire.parse_envelope(signer.frame_now("USER_ADVERTISE", "*", payload))
+        self.assertEqual(
+            (envelope.type, envelope.from_, envelope.to, envelope.ts),
+            ("USER_ADVERTISE", identity.server_id, "*", 42),
+        )
+        self.assertEqual(envelope.payload, payload)
+        self.assertTrue(crypto.verify_payload(key.public_key(), envelope.payload, envelope.sig))
+        frame = self.successResultOf(signer.frame("ACK", "*", {"msg_ref": "X"}, ts=7))
+        self.assertEqual(wire.parse_envelope(frame).ts, 7)
+
+
+class FlowControlledLinkTests(SynchronousTestCase):
+    def protocol(self, **limits):
+        timers = set(reactor.getDelayedCalls())
+        self.addCleanup(self.cancel_new_timers, timers)
+        hub = Hub(_NoSigner(), clock=Clock())
+        factory = SOCPServerFactory("ws://127.0.0.1:9", hub, limits=replace(DEFAULT_LIMITS, **limits))
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        transport.clear()
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionError("test over")))
+        return protocol, transport, hub
+
+    @staticmethod
+    def cancel_new_timers(before: set) -> None:
+        for call in reactor.getDelayedCalls():
+            if call not in before and call.active():
+                call.cancel()
+
+    def test_frames_wait_while_the_transport_is_full(self) -> None:
+        protocol, transport, _ = self.protocol()
+        self.assertIs(transport.producer, protocol._sender)
+        self.assertTrue(transport.streaming)
+        protocol.send(b'{"n":1}')
+        self.assertEqual(transport.value(), b"\x81\x07" + b'{"n":1}')
+        transport.clear()
+        transport.producer.pauseProducing()  # what a full TCP transport does
+        protocol.send(b'{"n":2}')
+        protocol.send(b'{"n":3}')
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(protocol.queued_bytes, 14)
+        self.assertEqual(send_backlog(protocol), 14)
+        transport.producer.resumeProducing()
+        self.assertEqual(transport.value(), b'\x81\x07{"n":2}\x81\x07{"n":3}')
+        self.assertEqual(protocol.queued_bytes, 0)
+
+    def test_held_bytes_count_toward_the_slow_reader_bound(self) -> None:
+        protocol, transport, hub = self.protocol(max_send_queue_bytes=100)
+        transport.producer.pauseProducing()
+        for _ in range(3):
+            protocol.send(b"x" * 40)
+        self.assertEqual(hub.counters["closed.send_overflow"], 0)  # 80 bytes held, then 120
+        protocol.send(b"x" * 40)
+        self.assertEqual(hub.counters["closed.send_overflow"], 1)
+        self.assertIn(b"too slow: not reading", transport.value())
+
+    def test_ready_frames_held_back_are_not_frames_waiting_for_signatures(self) -> None:
+        protocol, _, hub = self.protocol(max_send_queue=2)
+        protocol._sender.pauseProducing()
+        for n in range(5):
+            protocol.send(b'{"n":%d}' % n)
+        self.assertEqual(hub.counters["closed.send_overflow"], 0)
+        self.assertEqual(len(protocol._sender), 5)
+
+
+@implementer(ISigner)
+class _NoSigner:
+    """Enough of ISigner for a hub that never signs in these tests."""
+
+    server_id = "00000000-0000-4000-8000-000000000000"
+    public_key_text = ""
+
+    def frame(self, type, to, payload, ts=None):
+        return Deferred()
+
+    def frame_now(self, type, to, payload, ts=None):
+        return b""
