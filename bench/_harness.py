@@ -135,6 +135,7 @@ class CpuMeter:
 
 
 def describe_cpu(usage: dict[str, float]) -> str:
+    """One line: cores used by the servers, the benchmark's clients and everything else."""
     cores = os.cpu_count() or 1
     wall = usage["wall"]
     return (
@@ -182,6 +183,7 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 60.0, 
 
 
 async def sleep(seconds: float) -> None:
+    """Let the reactor run for ``seconds``."""
     from twisted.internet import reactor
 
     await task.deferLater(reactor, seconds, lambda: None)
@@ -345,6 +347,7 @@ async def start_mesh(work: Path, count: int, keys: list, log_level: str = "info"
 
 
 def stop_all(servers: list[ServerProcess], work: Path | None = None, keep: bool = False) -> None:
+    """Stop every server (SIGTERM, then SIGKILL after 15 s) and remove ``work`` unless ``keep``."""
     for server in servers:
         server.stop()
     if work is not None and not keep:
@@ -536,6 +539,7 @@ async def connect_user(url: str, user: RawUser, hello: bool = True, timeout: flo
 
 
 def close_users(users: list[RawUser]) -> None:
+    """Close every user's WebSocket (code 1000)."""
     for user in users:
         user.close()
 
@@ -578,32 +582,6 @@ def presign(jobs: list[tuple], make: Callable[..., tuple[str, bytes]] = make_dm)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return list(pool.map(lambda job: make(*job), jobs))
-
-
-class PresenceWatch:
-    """Collects, per user, the user ids it saw advertised (USER_ADVERTISE) and removed (USER_REMOVE)."""
-
-    def __init__(self) -> None:
-        self.online: dict[str, set[str]] = {}
-        self.advertised_at: dict[tuple[str, str], float] = {}
-        self.removed_at: dict[tuple[str, str], float] = {}
-
-    def __call__(self, user: RawUser, frame: dict) -> None:
-        kind = frame.get("type")
-        if kind not in ("USER_ADVERTISE", "USER_REMOVE"):
-            return
-        about = frame.get("payload", {}).get("user_id")
-        seen = self.online.setdefault(user.user_id, set())
-        now = time.perf_counter()
-        if kind == "USER_ADVERTISE":
-            seen.add(about)
-            self.advertised_at[(user.user_id, about)] = now
-        else:
-            seen.discard(about)
-            self.removed_at[(user.user_id, about)] = now
-
-    def sees(self, watcher: str, about: str) -> bool:
-        return about in self.online.get(watcher, ())
 
 
 async def two_servers(work: Path, keys: list, log_level: str = "info") -> list[ServerProcess]:

@@ -162,7 +162,11 @@ async def main(reactor, options) -> None:
         usage = meter.stop()
         ran_out = sum(1 for s in senders if not s.queue)
         ticker.stop()
-        await until(lambda: not sent_at, "in-flight messages to arrive", 20)
+        try:
+            await until(lambda: not sent_at, "in-flight messages to arrive", 20)
+        except RuntimeError:
+            pass  # reported below as lost
+        lost = len(sent_at)
     finally:
         if ticker.running:
             ticker.stop()
@@ -195,7 +199,8 @@ async def main(reactor, options) -> None:
         f"  server CPU per message {cpu_per_msg * 1e3:.2f} ms, of which RSA {rsa_per_msg * 1e3:.2f} ms "
         f"-> RSA share of server CPU {rsa_per_msg / cpu_per_msg:.2f}"
     )
-    print(f"  total delivered {len(delivered)}, errors {dict(errors) or 'none'}", end="")
+    outcome = f"total delivered {len(delivered)}, never delivered {lost}, errors {dict(errors) or 'none'}"
+    print(f"  {outcome}", end="")
     print(f", {ran_out} senders ran out of messages" if ran_out else "")
     print(f"  (server CPU over the whole run: {cpu_end - cpu0:.1f} s)")
 

@@ -46,7 +46,7 @@ from twisted.internet import defer, task
 from socp_tw import wire
 
 
-async def one_size(a, b, members: int, rounds: int, key: UserKey, spacing: float) -> dict:
+async def one_size(reactor, a, b, members: int, rounds: int, key: UserKey, spacing: float) -> dict:
     """Connect a channel of ``members`` users, send ``rounds`` /all messages, return timings."""
     arrived: dict[str, float] = {}
     remaining = {"n": 0}
@@ -89,7 +89,7 @@ async def one_size(a, b, members: int, rounds: int, key: UserKey, spacing: float
             copies = presign([(sender.user_id, key, r.user_id, key) for r in recipients], make_public)
             remaining["n"] = len(copies)
             finished = defer.Deferred()
-            finished.addTimeout(30, _reactor())
+            finished.addTimeout(30, reactor)
             done.append(finished)
             start = time.perf_counter()
             for _, frame in copies:
@@ -106,12 +106,6 @@ async def one_size(a, b, members: int, rounds: int, key: UserKey, spacing: float
         await sleep(1.0)  # leaves and re-keying settle before the next size
 
 
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
-
-
 async def main(reactor, options) -> None:
     print(machine_description())
     before = floor_mod.measure()
@@ -123,7 +117,7 @@ async def main(reactor, options) -> None:
     try:
         for members in options.members:
             spacing = members / 15  # the sender's per-user bucket refills (20 frames/s)
-            results[members] = await one_size(*servers, members, options.rounds, member_key, spacing)
+            results[members] = await one_size(reactor, *servers, members, options.rounds, member_key, spacing)
     finally:
         stop_all(servers, work, keep=options.keep)
     after = floor_mod.measure()
