@@ -28,6 +28,7 @@ from socp_tw.interfaces import (
     IStore,
     IWorkers,
 )
+from socp_tw.protocols.links import OrderedSender
 
 
 @implementer(IWorkers)
@@ -49,7 +50,11 @@ class SynchronousWorkers:
 
 @implementer(ILink)
 class FakeLink:
-    """A link that records what is sent on it, decoded."""
+    """A link that records what is sent on it, in call order like a real link.
+
+    Sending goes through the real :class:`OrderedSender`: a frame still being signed
+    holds back the ones sent after it, and a frame whose signing failed is skipped.
+    """
 
     def __init__(self, link_id: str = "fake-1", role: str = "pending", identity: str | None = None) -> None:
         self.link_id = link_id
@@ -59,12 +64,10 @@ class FakeLink:
         self.outgoing = False
         self.sent: list[bytes] = []
         self.closed: tuple[int, str | None] | None = None
+        self.sender = OrderedSender(self.sent.append, describe=link_id)
 
     def send(self, frame: bytes | Deferred) -> None:
-        if isinstance(frame, Deferred):
-            frame.addCallback(self.sent.append)
-        else:
-            self.sent.append(frame)
+        self.sender.send(frame)
 
     def close(self, code: int = 1000, reason: str | None = None) -> None:
         self.closed = (code, reason)

@@ -235,6 +235,21 @@ def _normalised_key_text(text: str) -> str | None:
         return None
 
 
+def _copy_of(shared: Deferred) -> Deferred:
+    """A Deferred firing with ``shared``'s bytes, leaving ``shared``'s own chain untouched."""
+    copy: Deferred = Deferred()
+
+    def pass_on(result: object) -> object:
+        if isinstance(result, bytes):
+            copy.callback(result)
+        else:
+            copy.errback(Failure(RuntimeError("the shared frame was not signed")))
+        return result
+
+    shared.addBoth(pass_on)
+    return copy
+
+
 def _srp_challenge(verifier: str, a_pub: str) -> tuple[keystore.SrpServer, dict]:
     """Worker-pool side of USER_LOGIN_START: parse the verifier, answer A (4096-bit modexps)."""
     srp = keystore.SrpServer(verifier)
@@ -285,7 +300,10 @@ class UserSide(Service):
         self._seen = BoundedTTLCache(limits.seen_ids_max, limits.seen_ids_ttl, clock)
         self.counters: Counter[str] = Counter()
         self._links: dict[str, _UserLink] = {}
-        self._adverts: dict[str, bytes] = {}
+        #: The signed USER_ADVERTISE of every online user, replayed to each user who comes
+        #: online: its bytes, or the signing Deferred while the signature is still being made
+        #: (a user arriving in that window must not miss the advertisement).
+        self._adverts: dict[str, bytes | Deferred] = {}
         self._auth_handlers: dict[str, Callable[[_UserLink, wire.Envelope], Deferred | None]] = {
             "USER_REGISTER": self._register,
             "USER_LOGIN_START": self._login_start,
@@ -814,7 +832,7 @@ class UserSide(Service):
         )
         for user_id, frame in list(self._adverts.items()):
             if user_id != claim.user_id:
-                link.send(frame)
+                link.send(frame if isinstance(frame, bytes) else _copy_of(frame))
 
     # ------------------------------------------------------------ authenticated frames
 
@@ -898,14 +916,16 @@ class UserSide(Service):
             "meta": meta,
         }
         frame = self._relay("USER_ADVERTISE", payload, entry.user_id)
+        if entry.user_id in self._adverts or len(self._adverts) < MAX_CACHED_ADVERTS:
+            self._adverts[entry.user_id] = frame
 
-        def remember(data: bytes | None) -> None:
-            if (
-                isinstance(data, bytes)
-                and self._presence.lookup(entry.user_id) is entry
-                and (entry.user_id in self._adverts or len(self._adverts) < MAX_CACHED_ADVERTS)
-            ):
-                self._adverts[entry.user_id] = data
+        def remember(data: bytes | None) -> bytes | None:
+            if self._adverts.get(entry.user_id) is frame:  # not withdrawn or re-advertised since
+                if isinstance(data, bytes):
+                    self._adverts[entry.user_id] = data
+                else:
+                    del self._adverts[entry.user_id]
+            return data
 
         frame.addCallback(remember)
 

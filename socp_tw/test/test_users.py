@@ -905,6 +905,33 @@ class AuthenticatedLinkTests(UserSideTestBase):
         self.one(self.alice_link, "LIST_RESPONSE")
 
 
+class _HoldAdverts:
+    """Workers that hold back signing the USER_ADVERTISE about one user until released."""
+
+    size = 1
+
+    def __init__(self, inner: SynchronousWorkers, about: str) -> None:
+        self.inner = inner
+        self.about = about
+        self.waiting: list[tuple[Deferred, Any, tuple]] = []
+
+    def run(self, f: Any, *args: Any, **kwargs: Any) -> Deferred:
+        # FrameSigner.frame runs frame_now(type, to, payload, ts) here.
+        if args and args[0] == "USER_ADVERTISE" and args[2]["user_id"] == self.about:
+            d: Deferred = Deferred()
+            self.waiting.append((d, f, args))
+            return d
+        return self.inner.run(f, *args, **kwargs)
+
+    def release(self, error: Exception | None = None) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d, f, args in waiting:
+            if error is None:
+                d.callback(f(*args))
+            else:
+                d.errback(error)
+
+
 class PreHelloTests(UserSideTestBase):
     def test_user_frames_need_hello(self) -> None:
         user_id = wire.new_uuid4()
@@ -984,3 +1011,58 @@ class RelayTests(UserSideTestBase):
         self.assertEqual(self.one(carol_link, "USER_REMOVE")["payload"]["user_id"], bob)
         self.assertNotIn(bob, self.users._adverts)
         self.assertEqual(set(self.users._adverts), {alice, carol})
+
+    def test_user_online_while_an_advert_is_being_signed_still_gets_it(self) -> None:
+        """A remote user advertised while its signature is being made is not missed by a
+        user whose hello completes in that window (the ACK and cached adverts go out at once,
+        before the relay's signature is ready)."""
+        alice, bob, dave = wire.new_uuid4(), wire.new_uuid4(), wire.new_uuid4()
+        alice_link = self.online(alice, alice_key())
+        self.take(alice_link)
+        held = _HoldAdverts(self.workers, about=dave)
+        self.signer._workers = held
+        self.presence.user_online_remote(dave, OTHER_SERVER, crypto.encode_public_key(test_key(1)), {})
+        self.assertEqual(len(held.waiting), 1)
+        bob_link = self.open_link()
+        self.register(bob_link, bob, bob_key())
+        frames = self.hello(bob_link, bob, bob_key())
+        self.assertEqual([f["type"] for f in frames], ["ACK", "USER_ADVERTISE"])  # alice's
+        held.release()
+        self.assertEqual(self.one(bob_link, "USER_ADVERTISE")["payload"]["user_id"], dave)
+        # Alice: dave's advert, then bob's (which waited behind it: links keep call order).
+        self.assertEqual([f["payload"]["user_id"] for f in self.take(alice_link)], [dave, bob])
+        self.assertIsInstance(self.users._adverts[dave], bytes)
+
+    def test_advert_withdrawn_while_being_signed_is_not_cached(self) -> None:
+        alice, dave = wire.new_uuid4(), wire.new_uuid4()
+        alice_link = self.online(alice, alice_key())
+        self.take(alice_link)
+        held = _HoldAdverts(self.workers, about=dave)
+        self.signer._workers = held
+        self.presence.user_online_remote(dave, OTHER_SERVER, crypto.encode_public_key(test_key(1)), {})
+        self.presence.user_offline_remote(dave, OTHER_SERVER)
+        held.release()
+        self.assertNotIn(dave, self.users._adverts)
+        # Alice sees both, in order.
+        self.assertEqual([f["type"] for f in self.take(alice_link)], ["USER_ADVERTISE", "USER_REMOVE"])
+
+    def test_advert_whose_signing_fails_is_not_cached_and_not_sent(self) -> None:
+        alice, bob, dave = wire.new_uuid4(), wire.new_uuid4(), wire.new_uuid4()
+        alice_link = self.online(alice, alice_key())
+        self.take(alice_link)
+        held = _HoldAdverts(self.workers, about=dave)
+        self.signer._workers = held
+        self.presence.user_online_remote(dave, OTHER_SERVER, crypto.encode_public_key(test_key(1)), {})
+        bob_link = self.open_link()
+        self.register(bob_link, bob, bob_key())
+        self.hello(bob_link, bob, bob_key())
+        held.release(error=RuntimeError("signing broke"))
+        # Logged once by the relay, and once by each link that skipped its copy (alice, bob).
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+        self.assertNotIn(dave, self.users._adverts)
+        self.assertEqual(self.take(bob_link), [])
+        # Alice's copy was skipped; bob's advert, queued behind it, still went out.
+        self.assertEqual([f["payload"]["user_id"] for f in self.take(alice_link)], [bob])
+        # Both links still work.
+        self.send(bob_link, "LIST_REQUEST", {}, from_=bob)
+        self.one(bob_link, "LIST_RESPONSE")
