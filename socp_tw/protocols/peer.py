@@ -22,7 +22,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionResponse
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
@@ -37,6 +39,7 @@ from socp_tw import __version__, tls, wire
 from socp_tw.interfaces import ILink
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
+from socp_tw.protocols.frames import FastFrames, masked_text_frame
 from socp_tw.protocols.links import OrderedSender
 from socp_tw.protocols.websocket import (
     CLOSE_GOING_AWAY,
@@ -72,7 +75,7 @@ def backoff_delay(
 
 
 @implementer(ILink)
-class SOCPPeerClientProtocol(WebSocketClientProtocol):
+class SOCPPeerClientProtocol(FastFrames, WebSocketClientProtocol):
     """An outgoing link to another server: decode frames, delegate to the mesh."""
 
     _log = get_logger("socp_tw.protocols.peer")
@@ -151,7 +154,11 @@ class SOCPPeerClientProtocol(WebSocketClientProtocol):
         close_link(self, code, reason)
 
     def _write_frame(self, data: bytes) -> None:
-        self.sendMessage(data, isBinary=False)
+        # One final text frame, masked as a client must (RFC 6455 §5.3), without Autobahn's
+        # per-send masker object and bookkeeping.
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            raise Disconnected("the link is not open")
+        self.transport.writeSequence(masked_text_frame(data))
 
 
 class PeerClientFactory(WebSocketClientFactory):

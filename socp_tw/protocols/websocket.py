@@ -21,6 +21,7 @@ from socp_tw import __version__, wire
 from socp_tw.interfaces import IHub, ILink
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
+from socp_tw.protocols.frames import FastFrames, frame_header
 from socp_tw.protocols.links import OrderedSender
 from socp_tw.services.files import send_backlog
 
@@ -28,6 +29,21 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+
+#: What Autobahn keeps of the opening handshake; dropped once the link is open (onOpen).
+_HANDSHAKE_DATA = (
+    "http_request_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "http_response_data",
+    "websocket_extensions",
+    "_wskey",
+)
+TRANSPORT_BUFFER = 64 * 1024  # Twisted's FileDescriptor.bufferSize: past it, producers are paused
 
 
 class BinaryFrame(wire.FrameError):
@@ -105,7 +121,7 @@ def cancel_close_timer(protocol: WebSocketProtocol) -> None:
 
 
 @implementer(ILink)
-class SOCPServerProtocol(WebSocketServerProtocol):
+class SOCPServerProtocol(FastFrames, WebSocketServerProtocol):
     """An accepted connection (user or server): decode frames, delegate to the hub."""
 
     _log = get_logger("socp_tw.protocols.websocket")
@@ -118,15 +134,23 @@ class SOCPServerProtocol(WebSocketServerProtocol):
         self.identity: str | None = None
         self._sender = OrderedSender(self._write_frame, self.link_id)
         self._overflowed = False
+        self._flow_controlled = False
         try:
             # Flow control: ready frames wait in the sender (shared, uncopied) while the
             # transport's buffer is full.
             self.transport.registerProducer(self._sender, True)
         except (AttributeError, RuntimeError):
             pass  # a transport without producers, or one already registered: write through
+        else:
+            self._flow_controlled = self.factory.flow_control_bounds_backlog
         return None
 
     def onOpen(self) -> None:
+        # The handshake is over: Autobahn reads none of its HTTP request/response data again,
+        # but would keep it (~1 KiB) for the life of the connection.
+        for name in _HANDSHAKE_DATA:
+            if hasattr(self, name):
+                setattr(self, name, None)
         try:
             self.factory.hub.link_opened(self)
         except Exception:
@@ -172,6 +196,12 @@ class SOCPServerProtocol(WebSocketServerProtocol):
 
     def send(self, frame) -> None:
         factory = self.factory
+        sender = self._sender
+        if self._flow_controlled and not sender.paused and sender.pending < factory.max_send_queue:
+            # The transport is taking what we write (it has not paused us), so no more than its
+            # buffer size and one frame wait unsent: below the byte bound, nothing to measure.
+            sender.send(frame)
+            return
         why = None
         if not self._overflowed:
             why = send_overflow(
@@ -212,11 +242,7 @@ class SOCPServerProtocol(WebSocketServerProtocol):
 
 def text_frame_header(length: int) -> bytes:
     """The RFC 6455 header of an unmasked, final text frame of ``length`` payload bytes."""
-    if length < 126:
-        return bytes((0x81, length))
-    if length < 65536:
-        return b"\x81\x7e" + length.to_bytes(2, "big")
-    return b"\x81\x7f" + length.to_bytes(8, "big")
+    return frame_header(length)
 
 
 class SOCPServerFactory(WebSocketServerFactory):
@@ -236,5 +262,8 @@ class SOCPServerFactory(WebSocketServerFactory):
         self.max_frame_bytes = max_frame_bytes
         self.max_send_queue = limits.max_send_queue
         self.max_send_queue_bytes = limits.max_send_queue_bytes
+        #: While a transport has not paused its producer it holds at most its buffer size
+        #: (64 KiB) plus one frame; with a byte bound above that, sends skip measuring.
+        self.flow_control_bounds_backlog = limits.max_send_queue_bytes > TRANSPORT_BUFFER + max_frame_bytes
         self.link_ids = itertools.count(1)
         tune_factory(self, max_frame_bytes)

@@ -405,6 +405,16 @@ class SendOverflowTests(SynchronousTestCase):
         self.assertIn(b"too slow: not reading", written)
         self.assertEqual(hub.counters["closed.send_overflow"], 1)
 
+    def test_backlog_measured_once_the_transport_pauses_the_link(self) -> None:
+        protocol, transport, hub = self.protocol()  # the default bound, far above 64 KiB
+        self.assertTrue(protocol._flow_controlled)
+        transport.dataBuffer = b"x" * (DEFAULT_LIMITS.max_send_queue_bytes + 1)
+        protocol.send(b'{"type":"A"}')  # not paused: the transport holds < 64 KiB, nothing measured
+        self.assertEqual(hub.counters["closed.send_overflow"], 0)
+        protocol._sender.pauseProducing()  # what the transport does once past its buffer size
+        protocol.send(b'{"type":"B"}')
+        self.assertEqual(hub.counters["closed.send_overflow"], 1)
+
     def test_frames_waiting_for_signatures_are_bounded(self) -> None:
         protocol, _, hub = self.protocol(max_send_queue=3)
         waiting = [Deferred() for _ in range(4)]

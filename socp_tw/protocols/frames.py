@@ -1,0 +1,132 @@
+"""A fast path through RFC 6455 framing for the frames SOCP links actually carry.
+
+Every SOCP frame is one small, unfragmented text message.  Autobahn parses each one
+through a dozen Python calls (frame header object, a native XOR masker made per frame,
+begin/data/end hooks for frame and message, listeners fired) — a visible share of a
+server's per-message CPU next to the RSA work the protocol forces (docs/BENCHMARKS.md).
+
+:class:`FastFrames` takes the common case itself: the link is open, no frame or
+fragmented message is in progress, and the whole of a final text or binary frame,
+within the size limits and masked exactly as the role requires, is already buffered.
+Anything else — control frames (ping, pong, close), fragments, reserved bits or
+opcodes, a frame over the limits, a wrongly masked frame, a frame still arriving in
+pieces past :data:`MAX_FAST_FRAME` — goes to Autobahn's own parser unchanged, so every
+protocol violation and every size limit is still answered by Autobahn (1002, 1009).
+
+Outgoing frames are written as a header and the payload object (listening side), or
+header, mask and masked copy (dialling side: a client must mask, RFC 6455 §5.3).
+"""
+
+from __future__ import annotations
+
+import os
+
+from autobahn.websocket import USES_NVX
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.xormasker import create_xor_masker
+
+#: Frames up to this size may wait in the buffer until complete and then be parsed in one
+#: go; a larger frame still arriving is streamed through Autobahn's parser instead (the
+#: buffer is re-joined on every read, which must not turn quadratic).
+MAX_FAST_FRAME = 64 * 1024
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_FINAL_TEXT = 0x81
+_FINAL_BINARY = 0x82
+_MASK_BIT = 0x80
+
+
+def mask_payload(payload: bytes, mask: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3); its own inverse."""
+    if not payload:
+        return b""
+    if USES_NVX:  # Autobahn's native masker: ~2x the big-integer XOR below
+        return create_xor_masker(mask, len(payload)).process(payload)
+    return mask_with_integers(payload, mask)
+
+
+def mask_with_integers(payload: bytes, mask: bytes) -> bytes:
+    """:func:`mask_payload` in pure Python: one big-integer XOR, not a loop over bytes."""
+    length = len(payload)
+    key = (mask * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(length, "little")
+
+
+def frame_header(length: int, opcode: int = 0x1, mask: bytes | None = None) -> bytes:
+    """The header of a final frame of ``length`` payload bytes, with ``mask`` if given."""
+    first = 0x80 | opcode
+    mask_bit = _MASK_BIT if mask is not None else 0
+    if length < 126:
+        head = bytes((first, mask_bit | length))
+    elif length < 65536:
+        head = bytes((first, mask_bit | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((first, mask_bit | 127)) + length.to_bytes(8, "big")
+    return head + mask if mask is not None else head
+
+
+def masked_text_frame(payload: bytes) -> tuple[bytes, bytes]:
+    """A client's text frame: (header with a fresh random mask, masked copy of ``payload``)."""
+    mask = os.urandom(4)
+    return frame_header(len(payload), 0x1, mask), mask_payload(payload, mask)
+
+
+class FastFrames:
+    """Mixed into an Autobahn ``WebSocketProtocol`` subclass (before it in the bases).
+
+    Overrides ``processData``: whole, final, unfragmented data frames are handed to
+    ``onMessage`` directly; everything else to Autobahn's ``processData``.
+    """
+
+    def processData(self) -> bool:
+        if self.current_frame is not None or self.inside_message or self.state != _OPEN:
+            return super().processData()
+        data = self.data
+        buffered = len(data)
+        if buffered < 2:
+            return False
+        first = data[0]
+        if first != _FINAL_TEXT and first != _FINAL_BINARY:
+            return super().processData()  # control, fragment, reserved bits or opcode
+        second = data[1]
+        masked = second & _MASK_BIT
+        if self.factory.isServer:
+            if not masked and self.requireMaskedClientFrames:
+                return super().processData()  # Autobahn fails the connection
+        elif masked and not self.acceptMaskedServerFrames:
+            return super().processData()
+        length = second & 0x7F
+        start = 2
+        if length == 126:
+            if buffered < 4:
+                return False
+            length = int.from_bytes(data[2:4], "big")
+            if length < 126:
+                return super().processData()  # not the minimal encoding: a violation
+            start = 4
+        elif length == 127:
+            return super().processData()  # > 64 KiB: Autobahn streams (or refuses) it
+        limit = self.maxFramePayloadSize
+        if (limit and length > limit) or (self.maxMessagePayloadSize and length > self.maxMessagePayloadSize):
+            return super().processData()  # Autobahn closes with 1009
+        if masked:
+            mask = data[start : start + 4]
+            start += 4
+        end = start + length
+        if buffered < end:
+            if length > MAX_FAST_FRAME:
+                return super().processData()
+            return False  # wait for the rest of this frame
+        payload = data[start:end]
+        if masked and self.applyMask:
+            payload = mask_payload(payload, mask)
+        self.data = data[end:]
+        stats = self.trafficStats
+        stats.incomingOctetsWebSocketLevel += length
+        stats.incomingOctetsAppLevel += length
+        stats.incomingWebSocketFrames += 1
+        stats.incomingWebSocketMessages += 1
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+            self._cancelAutoPingTimeoutCall()
+        self.onMessage(payload, first == _FINAL_BINARY)
+        return len(self.data) > 0
