@@ -315,22 +315,28 @@ def sign_payload(key: RSAPrivateKey, payload: dict[str, Any]) -> str:
     return pss_sign(key, canonical(payload))
 
 
-def _payload_forms(payload: dict[str, Any]) -> Iterator[bytes]:
-    ascii_form = canonical(payload)
+def _payload_forms(payload: dict[str, Any], ascii_form: bytes | None) -> Iterator[bytes]:
+    if ascii_form is None:
+        ascii_form = canonical(payload)
     yield ascii_form
     unicode_form = canonical_unicode(payload)
     if unicode_form != ascii_form:
         yield unicode_form
 
 
-def verify_payload(key: RSAPublicKey, payload: dict[str, Any], sig: str) -> bool:
-    """Check a transport ``sig``: canonical(payload), then its ``ensure_ascii=False`` form."""
+def verify_payload(
+    key: RSAPublicKey, payload: dict[str, Any], sig: str, canonical_form: bytes | None = None
+) -> bool:
+    """Check a transport ``sig``: canonical(payload), then its ``ensure_ascii=False`` form.
+
+    ``canonical_form`` is ``canonical(payload)`` when the caller already has it.
+    """
     raw_sig = _decode_sig(sig)
     if raw_sig is None:
         return False
     try:
         public = _public(key)
-        return any(_verify_raw(public, data, raw_sig) for data in _payload_forms(payload))
+        return any(_verify_raw(public, data, raw_sig) for data in _payload_forms(payload, canonical_form))
     except Exception:  # unserialisable payload, wrong key type
         return False
 

@@ -97,9 +97,14 @@ class SeenCache:
         self._entries: OrderedDict[tuple, float] = OrderedDict()
 
     @staticmethod
-    def key(envelope: wire.Envelope) -> tuple:
-        """The de-duplication key of a frame (the signature is deliberately not part of it)."""
-        digest = hashlib.sha256(wire.canonical(envelope.payload)).hexdigest()
+    def key(envelope: wire.Envelope, canonical_payload: bytes | None = None) -> tuple:
+        """The de-duplication key of a frame (the signature is deliberately not part of it).
+
+        ``canonical_payload`` is ``canonical(envelope.payload)`` when the caller has it.
+        """
+        if canonical_payload is None:
+            canonical_payload = wire.canonical(envelope.payload)
+        digest = hashlib.sha256(canonical_payload).digest()
         return (envelope.ts, envelope.from_, envelope.to, digest)
 
     def _expire(self) -> None:
@@ -1200,8 +1205,10 @@ class Mesh(Service):
 
     # -- frames on identified server links ---------------------------------------------------------
 
-    def _verify(self, state: _LinkState, envelope: wire.Envelope, key: RSAPublicKey) -> bool:
-        if envelope.sig and crypto.verify_payload(key, envelope.payload, envelope.sig):
+    def _verify(
+        self, state: _LinkState, envelope: wire.Envelope, key: RSAPublicKey, body: bytes | None = None
+    ) -> bool:
+        if envelope.sig and crypto.verify_payload(key, envelope.payload, envelope.sig, body):
             return True
         self._forged(state, envelope)
         return False
@@ -1250,9 +1257,10 @@ class Mesh(Service):
             self.counters["dropped.own_frame"] += 1  # our own gossip echoed back: absorbed
             return
         tracked = kind in GOSSIP_TYPES or kind in self._handlers
-        seen_key = None
+        seen_key = body = None
         if tracked:
-            seen_key = SeenCache.key(envelope)
+            body = wire.canonical(envelope.payload)  # for the seen-ids key and the signature both
+            seen_key = SeenCache.key(envelope, body)
             if seen_key in self._seen:
                 self.counters["dropped.duplicate"] += 1
                 return
@@ -1268,7 +1276,7 @@ class Mesh(Service):
                 self.counters["dropped.unknown_origin"] += 1
                 self._log.debug("Dropped {type} from unknown server {origin}", type=kind, origin=origin)
             return
-        if not self._verify(state, envelope, known.key):
+        if not self._verify(state, envelope, known.key, body):
             return
         if not state.healthy and origin == state.server_id:
             state.healthy = True
