@@ -21,7 +21,9 @@ when it goes offline network-wide.  docs/PUBLIC-CHANNEL.md is the reference; in 
 * For every version the leader settles on it makes a fresh 256-bit group key, wraps it
   for each member (RSA-OAEP) and sends it as ``PUBLIC_CHANNEL_UPDATED`` (wraps, with its
   content_sig over the key shares); servers keep only the wrapped keys and hand each
-  local member its share in a ``PUBLIC_CHANNEL_KEY_SHARE``.
+  local member its share in a ``PUBLIC_CHANNEL_KEY_SHARE``.  While the version keeps
+  changing the leader makes at most one key per ``rekey_interval``: a burst of joins gets
+  one key after it, for the members of that moment.
 * Local users are told the membership (ids and public keys) in ``PUBLIC_CHANNEL_UPDATED``
   frames: a snapshot after the hello, then one update per version change.
 * ``MSG_PUBLIC_CHANNEL`` from a local user (one per member, encrypted to that member) is
@@ -82,7 +84,7 @@ MAX_ORIGINS_PER_FRAME = 1000
 MAX_KEY_TEXT = 16384
 MAX_WRAPPED_CHARS = 1024  # one RSA-4096 block is 683 b64u characters
 MAX_PENDING_KEYS = 4  # incomplete or future keys kept while waiting for their version
-MAX_KEY_PARTS = 4096
+MAX_KEY_PARTS = 8192  # 100 000 members in parts of 16
 
 #: Names other implementations use for a wrapped key inside ``wraps``/``shares``.
 WRAPPED_NAMES = ("wrapped_key", "wrapped", "wrapped_public_channel_key")
@@ -103,9 +105,9 @@ def _chunks(items: list, size: int) -> list[list]:
 # ---------------------------------------------------------------- the CRDT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MemberState:
-    """The newest membership event known about one member."""
+    """The newest membership event known about one member (slots: one per member)."""
 
     member_id: str
     present: bool
@@ -346,7 +348,9 @@ class PublicChannel(Service):
         sweep_interval: float = 5.0,
         evict_after: float = 30.0,
         key_timeout: float = 10.0,
-        shares_per_part: int = 64,
+        rekey_interval: float = 5.0,
+        push_interval: float = 0.5,
+        shares_per_part: int = 16,
         states_per_frame: int = 200,
         members_per_frame: int = 200,
         max_members: int = MAX_MEMBERS,
@@ -365,6 +369,8 @@ class PublicChannel(Service):
         self.sweep_interval = sweep_interval
         self.evict_after = evict_after
         self.key_timeout = key_timeout
+        self.rekey_interval = rekey_interval
+        self.push_interval = push_interval
         self.shares_per_part = shares_per_part
         self.states_per_frame = states_per_frame
         self.members_per_frame = members_per_frame
@@ -380,6 +386,14 @@ class PublicChannel(Service):
         self._pending_keys: dict[tuple[int, str], _PartialKey] = {}
         self._generating = False
         self._generate_again = False
+        self._last_key_started: float | None = None  # clock time the last key generation started
+        self._rekey_timer: IDelayedCall | None = None
+        self._last_push: float | None = None  # clock time local users were last told a change
+        self._push_timer: IDelayedCall | None = None
+        # The snapshot frames of ``_pushed`` (signed once, to "*"), shared by the users arriving
+        # before the next push; dropped at that push, or soon after when nobody arrives.
+        self._snapshot: tuple[dict[str, str], list[bytes | Deferred]] | None = None
+        self._snapshot_expiry: IDelayedCall | None = None
         self._watchdog: IDelayedCall | None = None
         self._watchdog_version = 0
         self._stale_since: dict[str, float] = {}
@@ -409,6 +423,11 @@ class PublicChannel(Service):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._cancel_watchdog()
+        self._cancel_rekey_timer()
+        if self._push_timer is not None and self._push_timer.active():
+            self._push_timer.cancel()
+        self._push_timer = None
+        self._drop_snapshot()
         if self.ready:
             # Our users go offline with us: tell the mesh now, while its links are still up.
             leaving = [
@@ -531,7 +550,7 @@ class PublicChannel(Service):
             self.counters["rejoined"] += len(rejoin)
             self._emit(rejoin)  # calls _changed again, with joins only
             return
-        self._push_membership()
+        self._push_when_due()
         self._key_check()
 
     # ------------------------------------------------------------ presence (IPresenceObserver)
@@ -779,6 +798,32 @@ class PublicChannel(Service):
 
         self._signer.frame(frame_type, "*", payload).addCallbacks(ready, failed)
 
+    def _push_when_due(self) -> None:
+        """Tell local users the change now, or once ``push_interval`` has passed since the last push.
+
+        A burst of joins (a reconnect storm) is then one update to every local user per
+        interval, carrying all the changes since the previous one, instead of one per join:
+        each update is a signature and a frame to every local user.  Users who arrive
+        meanwhile get the membership as of the last push in their snapshot and the rest in
+        the next update, like everybody else.
+        """
+        if not self.running:
+            return  # stopping: our users are going offline with us
+        if self._push_timer is not None and self._push_timer.active():
+            return  # the update already waiting will carry this change too
+        if self._last_push is not None:
+            wait = self._last_push + self.push_interval - self._clock.seconds()
+            if wait > 0:
+                self.counters["pushes_deferred"] += 1
+                self._push_timer = self._clock.callLater(wait, self._push_due)
+                return
+        self._push_membership()
+
+    def _push_due(self) -> None:
+        self._push_timer = None
+        if self.ready and self.running:
+            self._push_membership()
+
     def _push_membership(self) -> None:
         """Tell local users what changed since the last push (one frame per chunk of members)."""
         current = self.state.members()
@@ -789,7 +834,9 @@ class PublicChannel(Service):
         removed = sorted(m for m in self._pushed if m not in current)
         if not added and not removed and version == self._pushed_version:
             return
+        self._last_push = self._clock.seconds()
         self._pushed, self._pushed_version = current, version
+        self._drop_snapshot()
         links = self._local_links()
         for index, chunk in enumerate(_chunks(added, self.members_per_frame)):
             payload = {
@@ -809,18 +856,56 @@ class PublicChannel(Service):
         del self._awaiting_snapshot[user_id]
         if self._presence.local_link(user_id) is not link:
             return
-        members = [{"user_id": m, "pubkey": pk} for m, pk in sorted(self._pushed.items())]
-        for index, chunk in enumerate(_chunks(members, self.members_per_frame)):
-            payload = {
-                "version": self._pushed_version,
-                "wraps": [],
-                "members": chunk,
-                "removed": [],
-                "reset": index == 0,
-            }
-            link.send(self._signer.frame("PUBLIC_CHANNEL_UPDATED", user_id, payload))
+        for frame in self._snapshot_frames():
+            link.send(frame)
         if self.key is not None and user_id in self.key.member_ids():
             self._send_shares(self.key, {user_id: link})
+
+    def _snapshot_frames(self) -> list[bytes | Deferred]:
+        """The snapshot of ``_pushed`` for one user: signed once (to "*") for every user arriving
+        until the next push, as a fan-out is; a storm of arrivals shares it."""
+        cached = self._snapshot
+        if cached is None or cached[0] is not self._pushed:
+            members = [{"user_id": m, "pubkey": pk} for m, pk in sorted(self._pushed.items())]
+            frames: list[bytes | Deferred] = []
+            cached = self._snapshot = (self._pushed, frames)
+            for index, chunk in enumerate(_chunks(members, self.members_per_frame)):
+                payload = {
+                    "version": self._pushed_version,
+                    "wraps": [],
+                    "members": chunk,
+                    "removed": [],
+                    "reset": index == 0,
+                }
+                d = self._signer.frame("PUBLIC_CHANNEL_UPDATED", "*", payload)
+                frames.append(d)
+                d.addCallbacks(
+                    self._snapshot_signed,
+                    self._snapshot_failed,
+                    callbackArgs=(frames, index),
+                    errbackArgs=(frames,),
+                )
+            self.counters["snapshots_signed"] += 1
+            if self._snapshot_expiry is None or not self._snapshot_expiry.active():
+                keep = max(1.0, self.push_interval)
+                self._snapshot_expiry = self._clock.callLater(keep, self._drop_snapshot)
+        return [frame if isinstance(frame, bytes) else _passed_on(frame) for frame in cached[1]]
+
+    def _snapshot_signed(self, data: bytes, frames: list, index: int) -> bytes:
+        frames[index] = data  # later users get the bytes themselves
+        return data
+
+    def _snapshot_failed(self, failure: Failure, frames: list) -> None:
+        self._log.failure("Could not sign a public channel snapshot", failure)
+        if self._snapshot is not None and self._snapshot[1] is frames:
+            self._snapshot = None  # the next user gets a freshly signed one
+        # Handled: the users' copies fail with "not signed" and their senders skip it.
+
+    def _drop_snapshot(self) -> None:
+        if self._snapshot_expiry is not None and self._snapshot_expiry.active():
+            self._snapshot_expiry.cancel()
+        self._snapshot_expiry = None
+        self._snapshot = None
 
     # ------------------------------------------------------------ group keys
 
@@ -857,7 +942,7 @@ class PublicChannel(Service):
             return
         if self.is_leader():
             self._cancel_watchdog()
-            self._generate()
+            self._generate_when_due()
         elif self._watchdog is None or not self._watchdog.active() or self._watchdog_version != version:
             # Re-armed on every version change: it fires only once a version stayed keyless.
             self._cancel_watchdog()
@@ -871,13 +956,44 @@ class PublicChannel(Service):
             self.counters["key_watchdog"] += 1
             self._generate()
 
+    def _cancel_rekey_timer(self) -> None:
+        if self._rekey_timer is not None and self._rekey_timer.active():
+            self._rekey_timer.cancel()
+        self._rekey_timer = None
+
+    def _generate_when_due(self) -> None:
+        """Make a key now, or once ``rekey_interval`` has passed since the last one was started.
+
+        While the version keeps changing (a burst of joins), the leader makes at most one key
+        per interval: the key made when the timer fires is for the membership of that moment,
+        so a burst costs one key after it instead of one per join.  The first change after a
+        quiet interval is keyed at once.
+        """
+        if self._generating:
+            self._generate_again = True  # checked again when that one is over
+            return
+        if self._last_key_started is not None:
+            wait = self._last_key_started + self.rekey_interval - self._clock.seconds()
+            if wait > 0:
+                if self._rekey_timer is None or not self._rekey_timer.active():
+                    self.counters["rekeys_deferred"] += 1
+                    self._rekey_timer = self._clock.callLater(wait, self._rekey_due)
+                return
+        self._generate()
+
+    def _rekey_due(self) -> None:
+        self._rekey_timer = None
+        self._key_check()  # the key may have come from elsewhere meanwhile, or the leader changed
+
     def _generate(self) -> None:
         if self._generating:
             self._generate_again = True
             return
+        self._cancel_rekey_timer()
         version = self.state.version
         members = sorted(self.state.members().items())
         self._generating = True
+        self._last_key_started = self._clock.seconds()
         self.counters["keys_started"] += 1
         d = self._workers.run(
             make_key_parts, self._private_key, self._signer.public_key_text, members, self.shares_per_part
@@ -1088,6 +1204,22 @@ class PublicChannel(Service):
             recipient=recipient,
             where=where,
         )
+
+
+def _passed_on(shared: Deferred) -> Deferred:
+    """A Deferred firing with ``shared``'s bytes, leaving ``shared``'s own chain untouched
+    (a link's sender does not pass a frame's result on, so a shared one is never handed out)."""
+    copy: Deferred = Deferred()
+
+    def pass_on(result: object) -> object:
+        if isinstance(result, bytes):
+            copy.callback(result)
+        else:
+            copy.errback(Failure(RuntimeError("the shared frame was not signed")))
+        return result
+
+    shared.addBoth(pass_on)
+    return copy
 
 
 def _normalised(text: str) -> str | None:

@@ -490,7 +490,7 @@ class SingleServerTests(PublicTestBase):
         self.net.clock.advance(0)
         snapshot, share = node.frames(ALICE)
         self.assertEqual(snapshot["type"], "PUBLIC_CHANNEL_UPDATED")
-        self.assertEqual(snapshot["to"], ALICE)
+        self.assertEqual(snapshot["to"], "*")  # shared by the users arriving before the next update
         self.assertEqual(
             snapshot["payload"],
             {
@@ -525,13 +525,19 @@ class SingleServerTests(PublicTestBase):
         self.net.join_user(node, ALICE)
         self.net.join_user(node, BOB)
         self.assertEqual(node.state.version, 2)
+        # Alice's key was made at once; Bob's join comes within rekey_interval: its key waits.
+        self.net.clock.advance(node.public.rekey_interval - 0.01)
         frames = node.frames(ALICE)
         [delta] = [f for f in frames if f["type"] == "PUBLIC_CHANNEL_UPDATED" and not f["payload"]["reset"]]
         self.assertEqual(delta["payload"]["members"], [{"user_id": BOB, "pubkey": user_pub(BOB)}])
         self.assertEqual((delta["payload"]["version"], delta["payload"]["removed"]), (2, []))
         shares = [f for f in frames if f["type"] == "PUBLIC_CHANNEL_KEY_SHARE"]
-        self.assertEqual([s["payload"]["version"] for s in shares], [1, 2])
-        self.assertEqual([len(s["payload"]["shares"]) for s in shares], [1, 2])
+        self.assertEqual([s["payload"]["version"] for s in shares], [1])
+        self.net.clock.advance(0.01)
+        shares = node.frames(ALICE)
+        self.assertEqual([s["payload"]["version"] for s in shares], [2])
+        self.assertEqual([len(s["payload"]["shares"]) for s in shares], [2])
+        self.net.clock.advance(node.public.rekey_interval)  # quiet: the next change is keyed at once
         self.net.drop_user(node, BOB)
         self.assertEqual(node.state.version, 3)
         self.assertEqual(node.state.members(), {ALICE: user_pub(ALICE)})
@@ -791,6 +797,8 @@ class ConvergenceTests(PublicTestBase):
             self.net.join_user(b, CAROL)
             self.net.drop_user(b, CAROL)
             self.net.pump(rnd)
+            self.net.clock.advance(a.public.rekey_interval)  # the leader keys the burst's end state
+            self.net.pump(rnd)
             self.assert_converged(nodes)
             self.assertEqual(a.state.version, 4)
             self.assertEqual(set(a.state.members()), {ALICE, BOB})
@@ -890,6 +898,7 @@ class ConvergenceTests(PublicTestBase):
         for user in (ALICE, BOB, CAROL):
             self.net.join_user(b, user)
         self.net.pump()
+        self.advance(a.public.rekey_interval)
         c = self.node(C, **options)
         self.net.link(A, C)
         self.net.link(B, C)
@@ -900,6 +909,7 @@ class ConvergenceTests(PublicTestBase):
         self.assertEqual(c.public.counters["keys_made"], 0)  # A's key came with A's state
         self.net.join_user(c, DAVE)
         self.net.pump()
+        self.advance(a.public.rekey_interval)
         frames = c.frames(DAVE)
         updates = [f["payload"] for f in frames if f["type"] == "PUBLIC_CHANNEL_UPDATED"]
         self.assertEqual([u["reset"] for u in updates], [True, False])  # a snapshot in two parts
@@ -980,6 +990,176 @@ class KeyTests(PublicTestBase):
         b.public.key = None
         handler(wire.Envelope("PUBLIC_CHANNEL_UPDATED", A, "*", self.net.now_ms(), renamed, "sig"), link)
         self.assertEqual(b.public.key.version, 1)
+
+
+class RekeyIntervalTests(PublicTestBase):
+    """The leader makes at most one key per ``rekey_interval`` while the version keeps changing."""
+
+    def key_shares(self, node: Node, user_id: str) -> list[dict]:
+        return [f["payload"] for f in node.frames(user_id) if f["type"] == "PUBLIC_CHANNEL_KEY_SHARE"]
+
+    def test_a_burst_of_joins_gets_one_key_after_it(self) -> None:
+        node = self.node(A, rekey_interval=5.0)
+        self.net.join_user(node, ALICE)  # after a quiet time: keyed at once
+        self.assertEqual(node.public.key.version, 1)
+        for user in (BOB, CAROL, DAVE):
+            self.net.clock.advance(1)
+            self.net.join_user(node, user)
+        self.net.clock.advance(1.99)  # 4.99 s after Alice's key
+        self.assertEqual(node.public.counters["keys_started"], 1)
+        self.assertEqual(node.public.key.version, 1)
+        for user in (BOB, CAROL, DAVE):  # joined after version 1: nothing of its key
+            self.assertEqual(self.key_shares(node, user), [])
+        self.key_shares(node, ALICE)
+        self.net.clock.advance(0.01)
+        self.assertEqual(node.public.counters["keys_started"], 2)
+        self.assertEqual(node.public.counters["rekeys_deferred"], 1)
+        self.assertEqual(node.public.key.version, 4)
+        self.assertEqual(node.public.key.member_ids(), {ALICE, BOB, CAROL, DAVE})
+        for user in (ALICE, BOB, CAROL, DAVE):
+            [share] = self.key_shares(node, user)
+            self.assertEqual(share["version"], 4)
+            [mine] = [s for s in share["shares"] if s["member"] == user]
+            self.assertEqual(len(crypto.oaep_decrypt(user_key(user), mine["wrapped_public_channel_key"])), 32)
+        self.assertEqual(node.store.groups[GROUP]["meta"]["key_version"], 4)
+
+    def test_a_member_who_left_during_the_wait_gets_no_new_key(self) -> None:
+        node = self.node(A, rekey_interval=5.0)
+        self.net.join_user(node, ALICE)
+        self.net.join_user(node, BOB)
+        self.net.join_user(node, CAROL)
+        self.net.drop_user(node, CAROL)
+        self.key_shares(node, CAROL)
+        self.net.clock.advance(5)
+        self.assertEqual((node.public.key.version, node.public.key.member_ids()), (4, {ALICE, BOB}))
+        self.assertEqual(self.key_shares(node, CAROL), [])
+        self.assertEqual([s["version"] for s in self.key_shares(node, BOB)], [4])
+        self.assertEqual(node.store.groups[GROUP]["members"].keys(), {ALICE, BOB})
+
+    def test_changes_that_keep_coming_are_keyed_at_most_once_per_interval(self) -> None:
+        node = self.node(A, rekey_interval=5.0)
+        self.net.join_user(node, ALICE)
+        started = []
+        for second in range(1, 21):
+            self.net.clock.advance(1)
+            if second % 2:
+                self.net.join_user(node, BOB)
+            else:
+                self.net.drop_user(node, BOB)
+            started.append(node.public.counters["keys_started"])
+        self.assertEqual(node.state.version, 21)
+        self.assertLessEqual(started[-1], 1 + 20 // 5)
+        self.assertGreaterEqual(started[-1], 20 // 5)  # but keys keep coming during the stream
+        self.net.clock.advance(5)
+        self.assertEqual(node.public.key.version, 21)
+        self.assertEqual(node.public.key.member_ids(), set(node.state.members()))
+
+    def test_zero_interval_keys_every_version(self) -> None:
+        node = self.node(A, rekey_interval=0.0)
+        self.net.join_user(node, ALICE)
+        self.net.join_user(node, BOB)
+        self.assertEqual([s["version"] for s in self.key_shares(node, ALICE)], [1, 2])
+        self.assertEqual(node.public.counters["rekeys_deferred"], 0)
+
+    def test_other_servers_wait_for_the_leaders_deferred_key(self) -> None:
+        a, b = self.mesh(A, B, rekey_interval=5.0, key_timeout=10.0)
+        for user in (BOB, CAROL, DAVE):
+            self.net.join_user(b, user)
+            self.net.pump()
+        self.advance(5)
+        for node in (a, b):
+            self.assertEqual((node.public.key.version, node.public.key.creator), (3, A))
+        self.assertEqual((b.public.counters["keys_made"], b.public.counters["key_watchdog"]), (0, 0))
+        self.assertEqual(a.public.counters["keys_made"], 2)
+
+    def test_stopping_cancels_a_deferred_key_and_update(self) -> None:
+        node = self.node(A, rekey_interval=5.0)
+        self.net.join_user(node, ALICE)
+        self.net.join_user(node, BOB)
+        self.assertEqual(len(self.net.clock.getDelayedCalls()), 4)  # sweep, key, update, snapshot kept
+        node.public.stopService()
+        self.assertEqual(self.net.clock.getDelayedCalls(), [])
+
+
+class PushIntervalTests(PublicTestBase):
+    """Local users are told membership changes at most once per ``push_interval``."""
+
+    def updates(self, node: Node, user_id: str) -> list[dict]:
+        return [f["payload"] for f in node.frames(user_id, ("PUBLIC_CHANNEL_UPDATED",))]
+
+    def test_a_burst_of_joins_is_one_update(self) -> None:
+        node = self.node(A, push_interval=0.5)
+        self.net.join_user(node, ALICE)
+        self.assertEqual([u["version"] for u in self.updates(node, ALICE)], [1])  # the snapshot
+        for user in (BOB, CAROL, DAVE):
+            self.net.clock.advance(0.1)
+            self.net.join_user(node, user)
+        self.net.drop_user(node, DAVE)  # joined and left between two updates
+        self.net.clock.advance(0.18)  # 0.48 s after the last update
+        self.assertEqual(self.updates(node, ALICE), [])
+        snapshots = {user: self.updates(node, user) for user in (BOB, CAROL)}
+        self.net.clock.advance(0.04)
+        [update] = self.updates(node, ALICE)
+        self.assertEqual(update["version"], 5)
+        self.assertEqual([m["user_id"] for m in update["members"]], sorted([BOB, CAROL]))
+        self.assertEqual((update["removed"], update["reset"]), ([], False))
+        self.assertEqual(node.public.counters["membership_pushed"], 2)
+        for user in (BOB, CAROL):  # the snapshot (as of the last update), then the same update
+            [snapshot] = snapshots[user]
+            self.assertEqual((snapshot["version"], snapshot["reset"]), (1, True))
+            self.assertEqual([m["user_id"] for m in snapshot["members"]], [ALICE])
+            self.assertEqual(self.updates(node, user), [update])
+        self.assertEqual([u["reset"] for u in self.updates(node, DAVE)], [True])  # gone before the update
+
+    def test_users_arriving_between_two_updates_share_one_snapshot(self) -> None:
+        node = self.node(A, push_interval=0.5)
+        self.net.join_user(node, ALICE)
+        self.net.clock.advance(0.1)
+        self.net.join_user(node, BOB)  # the update for Bob waits: both get the snapshot of version 1
+        links = [node.links[ALICE], node.links[BOB]]
+        snapshots = [[resolved(f) for f in link.sent if b'"reset":true' in resolved(f)] for link in links]
+        self.assertEqual(snapshots[0], snapshots[1])
+        self.assertEqual(node.public.counters["snapshots_signed"], 1)
+        self.net.clock.advance(0.4)  # the update: Carol gets a new snapshot, of version 2
+        self.net.join_user(node, CAROL)
+        [carol] = [u for u in self.updates(node, CAROL) if u["reset"]]
+        self.assertEqual(carol["version"], 2)
+        self.assertEqual([m["user_id"] for m in carol["members"]], sorted([ALICE, BOB]))
+        self.assertEqual(node.public.counters["snapshots_signed"], 2)
+        self.net.clock.advance(1)
+        self.assertIsNone(node.public._snapshot)  # not kept once nobody arrives
+
+    def test_a_failed_snapshot_is_signed_again_for_the_next_user(self) -> None:
+        node = self.node(A, push_interval=0.5)
+        self.net.join_user(node, ALICE)
+        self.net.clock.advance(0.1)
+        real = node.signer.frame
+        self.net.clock.advance(1)  # Alice's snapshot is no longer kept
+        self.assertIsNone(node.public._snapshot)
+        self.patch(node.signer, "frame", lambda *a, **k: fail(RuntimeError("pool down")))
+        self.net.join_user(node, BOB)
+        for _, frame in self.net.broadcasts:  # the ADD for Bob's join failed to sign too
+            if isinstance(frame, Deferred):
+                frame.addErrback(lambda _: None)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual([u for u in self.updates(node, BOB) if u["reset"]], [])  # his link skipped it
+        self.assertIsNone(node.public._snapshot)
+        self.patch(node.signer, "frame", real)
+        self.net.join_user(node, CAROL)
+        [carol] = [u for u in self.updates(node, CAROL) if u["reset"]]
+        self.assertEqual(carol["version"], 2)
+        self.assertEqual([m["user_id"] for m in carol["members"]], sorted([ALICE, BOB]))
+
+    def test_a_change_after_a_quiet_interval_is_told_at_once(self) -> None:
+        node = self.node(A, push_interval=0.5)
+        self.net.join_user(node, ALICE)
+        self.updates(node, ALICE)
+        self.net.clock.advance(0.5)
+        self.net.join_user(node, BOB)
+        [update] = self.updates(node, ALICE)
+        self.assertEqual(update["version"], 2)
+        self.assertEqual(update["members"], [{"user_id": BOB, "pubkey": user_pub(BOB)}])
+        self.assertEqual(node.public.counters["pushes_deferred"], 0)
 
 
 class HostileGossipTests(PublicTestBase):
