@@ -22,6 +22,8 @@ from socp_tw.bootstrap import BootstrapError, load_bootstrap
 from socp_tw.identity import IdentityError, load_or_create_identity
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import LEVEL_NAMES, get_logger, set_log_level
+from socp_tw.memory import DEFAULT_INTERVAL as TRIM_INTERVAL
+from socp_tw.memory import MemoryTrimmer
 from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import FileRelay
@@ -132,6 +134,12 @@ class Options(usage.Options):
             str(DEFAULT_LIMITS.identify_timeout),
             "Seconds a new connection has to send its first (identifying) frame.",
         ],
+        [
+            "memory-trim-interval",
+            None,
+            f"{TRIM_INTERVAL:g}",
+            "Seconds between checks that return memory freed after a burst to the OS (glibc; 0: never).",
+        ],
     ]
     optFlags = [
         ["pin-only", None, "A peer with a --peer-pin is verified by its pin alone (self-signed certs)."],
@@ -185,6 +193,12 @@ class Options(usage.Options):
         self._post_mesh_options()
         self._post_file_options()
         self._post_security_options()
+        try:
+            self["memory-trim-interval"] = float(self["memory-trim-interval"])
+        except ValueError:
+            raise usage.UsageError("--memory-trim-interval must be a number of seconds") from None
+        if not 0 <= self["memory-trim-interval"] <= 86400:
+            raise usage.UsageError("--memory-trim-interval must be between 0 (off) and 86400 seconds")
 
     def _post_security_options(self) -> None:
         """--ts-window, --identify-timeout, TLS for the listener (--tls-*) and for peers."""
@@ -382,6 +396,8 @@ def makeService(config: Options, reactor=None) -> MultiService:
     listener.setName("listener")
     listener.setServiceParent(top)
     StatusReporter(mesh, presence, config["status-interval"], clock=reactor).setServiceParent(top)
+    if config["memory-trim-interval"] > 0:
+        MemoryTrimmer(clock=reactor, interval=config["memory-trim-interval"]).setServiceParent(top)
     # Outgoing links start once the listener knows its port (we announce it) and stop first.
     OutgoingLinks(
         mesh, reactor, max_frame_bytes=config["max-frame-bytes"], tls_policy=config["peer_tls"], limits=limits

@@ -125,7 +125,7 @@ class MakeServiceTests(SynchronousTestCase):
         IServiceCollection(top)
         names = [s.name for s in top]
         expected = ["workers", "store", "hub", "presence", "mesh", "router", "users", "files", "listener"]
-        self.assertEqual(names, [*expected, "status", "outgoing", "public"])
+        self.assertEqual(names, [*expected, "status", "memory-trim", "outgoing", "public"])
 
     def test_contradicting_id_exits(self) -> None:
         data = prepare_data_dir(self, 0)
