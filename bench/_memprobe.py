@@ -6,7 +6,9 @@ two reactor events) runs a full garbage collection and appends one JSON line to
 (``uordblks`` + ``hblkhd``: live allocations, without free memory the allocator keeps).
 Run with ``PYTHONMALLOC=malloc`` so that Python objects are glibc allocations too and
 "in use" covers everything the process holds: Python objects, OpenSSL keys, buffers.
-The server's code is unchanged; this only adds the signal handler.
+SIGUSR2 does the same after a full ``malloc_trim(0)`` (a diagnostic: what RSS would be if
+every free page were handed back now; ``"trimmed": true`` in the record).
+The server's code is unchanged; this only adds the signal handlers.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def _rss_kib() -> int:
 def _probe(signum, frame) -> None:
     gc.collect()
     libc = ctypes.CDLL("libc.so.6")
+    trimmed = signum == signal.SIGUSR2
+    if trimmed:
+        libc.malloc_trim(ctypes.c_size_t(0))
     libc.mallinfo2.restype = _MallInfo2
     info = libc.mallinfo2()
     record = {
@@ -56,6 +61,7 @@ def _probe(signum, frame) -> None:
         "heap_in_use": info.uordblks + info.hblkhd,
         "heap_free_kept": info.fordblks,
         "pymalloc": os.environ.get("PYTHONMALLOC", "pymalloc"),
+        "trimmed": trimmed,
     }
     with open(os.environ["SOCP_MEMPROBE_OUT"], "a") as out:
         out.write(json.dumps(record) + "\n")
@@ -63,5 +69,6 @@ def _probe(signum, frame) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGUSR1, _probe)
+    signal.signal(signal.SIGUSR2, _probe)
     sys.argv = ["twisted", *sys.argv[1:]]
     runpy.run_module("twisted", run_name="__main__")

@@ -148,15 +148,17 @@ async def main(reactor, options) -> None:
         ticker.start(0.005)
         await sleep(WARMUP)
         meter = CpuMeter(servers)
-        window_start, cpu_start, n_start = (
+        window_start, cpu_start, reactor_start, n_start = (
             time.perf_counter(),
             sum(s.cpu_seconds() for s in servers),
+            sum(s.reactor_cpu_seconds() for s in servers),
             len(delivered),
         )
         await sleep(options.seconds)
-        window_end, cpu_end, n_end = (
+        window_end, cpu_end, reactor_end, n_end = (
             time.perf_counter(),
             sum(s.cpu_seconds() for s in servers),
+            sum(s.reactor_cpu_seconds() for s in servers),
             len(delivered),
         )
         usage = meter.stop()
@@ -198,6 +200,14 @@ async def main(reactor, options) -> None:
     print(
         f"  server CPU per message {cpu_per_msg * 1e3:.2f} ms, of which RSA {rsa_per_msg * 1e3:.2f} ms "
         f"-> RSA share of server CPU {rsa_per_msg / cpu_per_msg:.2f}"
+    )
+    reactor_per_msg = (reactor_end - reactor_start) / (n_end - n_start)
+    pool_per_sig = (cpu_per_msg - reactor_per_msg) / 2
+    print(
+        f"  of which the reactor threads {reactor_per_msg * 1e3:.2f} ms per message (3 verifications "
+        f"{floor.cpu_seconds(verifies=3) * 1e3:.2f} ms of it), the signing pools "
+        f"{pool_per_sig * 1e3:.2f} ms per signature (one signature alone: {floor.sign * 1e3:.2f} ms, "
+        f"one per core at once: {floor.cores / floor.parallel_signs_per_s * 1e3:.2f} ms)"
     )
     outcome = f"total delivered {len(delivered)}, never delivered {lost}, errors {dict(errors) or 'none'}"
     print(f"  {outcome}", end="")

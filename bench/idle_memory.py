@@ -86,10 +86,10 @@ async def quiet(server: ServerProcess, settle: float = 1.5, timeout: float = 120
     raise RuntimeError(f"server still busy after {timeout:g} s")
 
 
-async def probe(server: ServerProcess, out: Path) -> dict:
-    """Ask the server for its memory (SIGUSR1 -> one JSON line in ``out``)."""
+async def probe(server: ServerProcess, out: Path, trim: bool = False) -> dict:
+    """Ask the server for its memory (SIGUSR1 -> one JSON line in ``out``; SIGUSR2: after malloc_trim)."""
     seen = len(out.read_text().splitlines()) if out.exists() else 0
-    os.kill(server.pid, signal.SIGUSR1)
+    os.kill(server.pid, signal.SIGUSR2 if trim else signal.SIGUSR1)
     await until(lambda: out.exists() and len(out.read_text().splitlines()) > seen, "the memory probe", 30)
     return json.loads(out.read_text().splitlines()[-1])
 
@@ -102,7 +102,10 @@ async def main(reactor, options) -> None:
     env = {"SOCP_MEMPROBE_OUT": str(out)}
     if options.allocator == "malloc":
         env["PYTHONMALLOC"] = "malloc"
-    server = ServerProcess(work, "s0", keys[0], log_level=options.log_level, launcher=PROBE, env=env)
+    extra = () if options.trim_interval is None else ("--memory-trim-interval", f"{options.trim_interval:g}")
+    server = ServerProcess(
+        work, "s0", keys[0], log_level=options.log_level, launcher=PROBE, env=env, extra_args=extra
+    )
     users: list[RawUser] = []
     try:
         await server.listening()
@@ -121,9 +124,11 @@ async def main(reactor, options) -> None:
         connected = time.monotonic() - started
         waited = await quiet(server)
         cpu = server.cpu_seconds() - base_cpu
+        await sleep(options.settle)  # idle: what an operator reads a little later (after a trim check)
         after = await probe(server, out)
         await sleep(5.0)
         later = server.rss_kib()
+        trimmed = await probe(server, out, trim=True)
         alive = sum(1 for user in users if user.transport is not None and user.transport.connected)
     finally:
         for user in users:
@@ -135,7 +140,9 @@ async def main(reactor, options) -> None:
     rss_per_user = (after["rss_kib"] - before["rss_kib"]) / n
     print(f"idle memory: {n} users connected to one server ({alive} still connected), hello'd and idle")
     print(f"  arrival: {arrival}; all connected in {connected:.1f} s; server idle {waited:.1f} s later")
+    trim = "server default" if options.trim_interval is None else f"{options.trim_interval:g} s"
     print(f"  allocator: {after['pymalloc']}; server CPU for the whole crowd: {cpu:.1f} s")
+    print(f"  memory trim interval: {trim}; memory read {options.settle:g} s after the server went idle")
     if options.allocator == "malloc":
         heap_per_user = (after["heap_in_use"] - before["heap_in_use"]) / n / 1024
         print(
@@ -147,6 +154,10 @@ async def main(reactor, options) -> None:
     print(
         f"  RSS: {before['rss_kib']} KiB -> {after['rss_kib']} KiB ({later} KiB 5 s later) "
         f"= {rss_per_user:.1f} KiB per idle user"
+    )
+    print(
+        f"  (diagnostic: after a full malloc_trim(0) now, RSS {trimmed['rss_kib']} KiB "
+        f"= {(trimmed['rss_kib'] - before['rss_kib']) / n:.1f} KiB per idle user)"
     )
 
 
@@ -168,9 +179,25 @@ if __name__ == "__main__":
         default="malloc",
         help="the server's Python allocator (default malloc: the live heap can be measured)",
     )
+    parser.add_argument(
+        "--trim-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="server's --memory-trim-interval (default: the server's default; 0: never trim)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=6.0,
+        metavar="SECONDS",
+        help="wait this long after the server went idle before reading its memory (default 6)",
+    )
     parser.add_argument("--log-level", default="warn", help="server's --log-level (default warn)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server log)")
     opts = parser.parse_args()
     if not 1 <= opts.users <= 5000 or not 1 <= opts.batch <= 500 or not 0 <= opts.warmup <= 500:
         parser.error("--users 1..5000, --batch 1..500, --warmup 0..500")
+    if not 0 <= opts.settle <= 60 or (opts.trim_interval is not None and not 0 <= opts.trim_interval <= 3600):
+        parser.error("--settle 0..60, --trim-interval 0..3600")
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, opts)))
