@@ -30,10 +30,8 @@ USER_CONTENT_OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
 MAX_CIPHERTEXT_CHARS = 1024  # one RSA-4096 block is 512 bytes = 683 b64u chars
 
 
-class ContentError(wire.FrameError):
+class ContentError(wire.InvalidSig):
     """User content failed its end-to-end check."""
-
-    code = "INVALID_SIG"
 
 
 def extract_fields(kind: str, payload: dict[str, Any]) -> dict[str, Any]:

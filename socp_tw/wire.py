@@ -25,11 +25,13 @@ __all__ = [
     "BadUUID",
     "Envelope",
     "FrameError",
+    "InvalidSig",
     "MissingField",
     "NotAnObject",
     "NotJSON",
     "NotUTF8",
     "Oversize",
+    "RateLimited",
     "b64u_decode",
     "b64u_encode",
     "canonical",
@@ -147,6 +149,18 @@ class BadBase64(FrameError):
     """A base64url field does not decode."""
 
     code = "BAD_BASE64"
+
+
+class InvalidSig(FrameError):
+    """A signature (content_sig, or a key share's) does not verify: the frame is dropped."""
+
+    code = "INVALID_SIG"
+
+
+class RateLimited(FrameError):
+    """The sender is over one of its rate limits (login attempts, file frames...)."""
+
+    code = "RATE_LIMITED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,14 +113,6 @@ class FileUnknown(wire.FrameError):
     code = "FILE_UNKNOWN"
 
 
-class _RateLimited(wire.FrameError):
-    code = "RATE_LIMITED"
-
-
-class _InvalidSig(wire.FrameError):
-    code = "INVALID_SIG"
-
-
 class _UserNotFound(wire.FrameError):
     code = "USER_NOT_FOUND"
 
@@ -286,7 +278,7 @@ class FileRelay(Service):
                 except crypto.BadKey:
                     same = False
                 if not same:
-                    raise _InvalidSig("sender_pub is not the key you authenticated with", "sender_pub")
+                    raise wire.InvalidSig("sender_pub is not the key you authenticated with", "sender_pub")
         return own
 
     async def _start(self, sender: str, envelope: wire.Envelope) -> None:
@@ -302,7 +294,7 @@ class FileRelay(Service):
         if (sender, file_id) in self._transfers:
             raise wire.BadFieldType(f"file_id {file_id} is already in progress", "file_id")
         if len(self.transfers_of(sender)) >= self.max_transfers_per_user:
-            raise _RateLimited(
+            raise wire.RateLimited(
                 f"at most {self.max_transfers_per_user} file transfers at once; wait for one to finish"
             )
         sender_pub = self._sender_pub(sender, envelope.payload)

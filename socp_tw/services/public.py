@@ -94,10 +94,6 @@ class _NotMember(wire.FrameError):
     code = "USER_NOT_FOUND"
 
 
-class _InvalidSig(wire.FrameError):
-    code = "INVALID_SIG"
-
-
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
@@ -1123,12 +1119,12 @@ class PublicChannel(Service):
         try:
             offered = crypto.load_public_key(creator_pub)
         except crypto.BadKey as e:
-            raise _InvalidSig(f"creator_pub: {e.detail}") from None
+            raise wire.InvalidSig(f"creator_pub: {e.detail}") from None
         if pinned is None or crypto.encode_public_key(offered) != crypto.encode_public_key(pinned):
-            raise _InvalidSig(f"creator_pub is not the key pinned for server {creator}")
+            raise wire.InvalidSig(f"creator_pub is not the key pinned for server {creator}")
         if not crypto.verify_content_sig(pinned, crypto.keyshare_preimage(shares, creator_pub), content_sig):
             self.counters["key_invalid_sig"] += 1
-            raise _InvalidSig("content_sig of the key shares does not verify")
+            raise wire.InvalidSig("content_sig of the key shares does not verify")
         self._flood(envelope, link)
         if version < self.state.version:
             self.counters["keys_stale"] += 1
@@ -1168,7 +1164,7 @@ class PublicChannel(Service):
         sender_pub = wire.require_str(payload, "sender_pub", max_len=MAX_KEY_TEXT)
         own = self._users.authenticated_key(sender)
         if own is None or (sender_pub != own and _normalised(sender_pub) != own):
-            raise _InvalidSig("sender_pub is not the key you authenticated with")
+            raise wire.InvalidSig("sender_pub is not the key you authenticated with")
         if not self.state.is_member(recipient):
             self.counters["not_member"] += 1
             raise _NotMember(f"user {recipient} is not a member of the public channel")

@@ -79,14 +79,6 @@ MAX_BLOB_TEXT = 65536
 UserFrameHandler = Callable[[ILink, str, wire.Envelope], "Deferred | None"]
 
 
-class _InvalidSig(wire.FrameError):
-    code = "INVALID_SIG"
-
-
-class _RateLimited(wire.FrameError):
-    code = "RATE_LIMITED"
-
-
 class _NotNow(wire.FrameError):
     """A frame that is not valid in the link's current state."""
 
@@ -527,7 +519,7 @@ class UserSide(Service):
         state.auth_attempts += 1
         if state.auth_attempts > MAX_AUTH_ATTEMPTS_PER_LINK:
             self.counters["link_attempts_exhausted"] += 1
-            raise _RateLimited("too many authentication attempts on this connection; reconnect")
+            raise wire.RateLimited("too many authentication attempts on this connection; reconnect")
 
     def _send(self, link: ILink, frame_type: str, to: str, payload: dict[str, Any]) -> None:
         link.send(self._signer.frame(frame_type, to, payload))
@@ -556,7 +548,7 @@ class UserSide(Service):
         self._same_from(envelope, user_id)
         key = crypto.load_public_key(pubkey_text)  # BadKey: BAD_KEY
         if not crypto.verify_payload(key, payload, envelope.sig):
-            raise _InvalidSig("USER_REGISTER must be signed by the key being registered")
+            raise wire.InvalidSig("USER_REGISTER must be signed by the key being registered")
         try:
             keystore.parse_keystore(privkey_store)
         except keystore.KeystoreError as e:
@@ -601,7 +593,7 @@ class UserSide(Service):
         wait = self.limiter.retry_after(user_id)
         if wait:
             self.counters["login_rate_limited"] += 1
-            raise _RateLimited(f"retry after {wait} s")
+            raise wire.RateLimited(f"retry after {wait} s")
         d = self._store.get_user(user_id)
         d.addCallback(self._login_user_loaded, state, user_id, a_pub)
         return d
@@ -653,7 +645,7 @@ class UserSide(Service):
         wait = self.limiter.retry_after(user_id)
         if wait:  # locked by failures elsewhere since this attempt started
             self.counters["login_rate_limited"] += 1
-            raise _RateLimited(f"retry after {wait} s")
+            raise wire.RateLimited(f"retry after {wait} s")
         try:
             m2 = pending.srp.verify(m1)
         except keystore.LoginError:
@@ -848,7 +840,7 @@ class UserSide(Service):
         sender_pub = wire.require_str(payload, "sender_pub", max_len=MAX_KEY_TEXT)
         own = self.authenticated_key(sender)
         if own is None or (sender_pub != own and _normalised_key_text(sender_pub) != own):
-            raise _InvalidSig("sender_pub is not the key you authenticated with")
+            raise wire.InvalidSig("sender_pub is not the key you authenticated with")
         key = crypto.load_public_key(sender_pub)
         preimage = crypto.dm_preimage(fields["ciphertext"], sender, recipient, envelope.ts)
         if crypto.pss_verify(key, preimage, fields["content_sig"]):  # what conforming clients send

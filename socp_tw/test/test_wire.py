@@ -218,6 +218,8 @@ class ErrorTests(SynchronousTestCase):
             wire.BadTimestamp: "BAD_TS",
             wire.Oversize: "TOO_LARGE",
             wire.BadBase64: "BAD_BASE64",
+            wire.InvalidSig: "INVALID_SIG",
+            wire.RateLimited: "RATE_LIMITED",
         }
         for cls, code in expected.items():
             self.assertTrue(issubclass(cls, wire.FrameError))
