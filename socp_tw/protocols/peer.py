@@ -45,10 +45,10 @@ from socp_tw.protocols.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
-    BinaryFrame,
     cancel_close_timer,
     close_link,
     discard,
+    parse_message,
     send_overflow,
     tune_factory,
 )
@@ -100,15 +100,8 @@ class SOCPPeerClientProtocol(FastFrames, WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         mesh = self.factory.dialer.mesh
-        try:
-            if isBinary:
-                raise BinaryFrame("binary WebSocket messages are not SOCP frames; send JSON text")
-            envelope = wire.parse_envelope(payload, max_bytes=self.factory.max_frame_bytes)
-        except wire.FrameError as error:
-            try:
-                mesh.frame_rejected(self, error)
-            except Exception:
-                self._log.failure("Mesh failed rejecting a frame on {link}", link=self.link_id)
+        envelope = parse_message(self, payload, isBinary, self.factory.max_frame_bytes, mesh.frame_rejected)
+        if envelope is None:
             return
         try:
             mesh.frame_received(self, envelope)

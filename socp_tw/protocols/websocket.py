@@ -7,6 +7,7 @@ precise ``FrameError``) and hands them to the hub; it owns no policy.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -100,6 +101,24 @@ def send_overflow(protocol: WebSocketProtocol, queued: int, max_frames: int, max
     return None
 
 
+def parse_message(
+    link, payload: bytes, is_binary: bool, max_bytes: int, reject: Callable[[ILink, wire.FrameError], None]
+) -> wire.Envelope | None:
+    """Parse one WebSocket message into an envelope, or hand its :class:`wire.FrameError` to
+    ``reject`` (the hub's or the mesh's ``frame_rejected``) and return None.  Whatever
+    ``reject`` raises is logged, never passed to Autobahn (which would drop the connection)."""
+    try:
+        if is_binary:
+            raise BinaryFrame("binary WebSocket messages are not SOCP frames; send JSON text")
+        return wire.parse_envelope(payload, max_bytes=max_bytes)
+    except wire.FrameError as error:
+        try:
+            reject(link, error)
+        except Exception:
+            link._log.failure("Failed rejecting a frame on {link}", link=link.link_id)
+        return None
+
+
 def discard(frame) -> None:
     """Drop a frame nobody will send (a failing Deferred must not be left unhandled)."""
     if isinstance(frame, Deferred):
@@ -158,15 +177,8 @@ class SOCPServerProtocol(FastFrames, WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         hub: IHub = self.factory.hub
-        try:
-            if isBinary:
-                raise BinaryFrame("binary WebSocket messages are not SOCP frames; send JSON text")
-            envelope = wire.parse_envelope(payload, max_bytes=self.factory.max_frame_bytes)
-        except wire.FrameError as error:
-            try:
-                hub.frame_rejected(self, error)
-            except Exception:
-                self._log.failure("Hub failed rejecting a frame on {link}", link=self.link_id)
+        envelope = parse_message(self, payload, isBinary, self.factory.max_frame_bytes, hub.frame_rejected)
+        if envelope is None:
             return
         try:
             hub.frame_received(self, envelope)

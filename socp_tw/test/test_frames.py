@@ -15,6 +15,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from socp_tw import wire
+from socp_tw.logs import get_logger
 from socp_tw.protocols import frames as frames_module
 from socp_tw.protocols.frames import (
     frame_header,
@@ -22,9 +24,10 @@ from socp_tw.protocols.frames import (
     mask_with_integers,
     masked_text_frame,
 )
-from socp_tw.protocols.websocket import SOCPServerFactory, SOCPServerProtocol
+from socp_tw.protocols.websocket import SOCPServerFactory, SOCPServerProtocol, parse_message
 from socp_tw.services.hub import Hub
 from socp_tw.test.test_security import FakeSigner
+from socp_tw.testing import FakeLink
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -253,3 +256,24 @@ class EquivalenceTests(SynchronousTestCase):
         self.assertEqual(len(fast.messages), sum(kind != "ping" for kind, _, _ in frames))
         fast._lost()
         slow._lost()
+
+
+class ParseMessageTests(SynchronousTestCase):
+    """``parse_message``: what both link protocols do with one WebSocket message."""
+
+    def test_parsed_rejected_and_a_failing_reject_logged(self) -> None:
+        link = FakeLink("in-9")
+        link._log = get_logger("test")
+        rejected: list = []
+        frame = wire.encode_frame("HEARTBEAT", wire.new_uuid4(), "*", 1, {})
+        envelope = parse_message(link, frame, False, 4096, lambda *a: rejected.append(a))
+        self.assertEqual(envelope.type, "HEARTBEAT")
+        self.assertIsNone(parse_message(link, b"{", False, 4096, lambda *a: rejected.append(a)))
+        self.assertIsNone(parse_message(link, frame, True, 4096, lambda *a: rejected.append(a)))
+        self.assertEqual([error.code for _, error in rejected], ["BAD_JSON", "BAD_FRAME"])
+
+        def broken(link, error):
+            raise RuntimeError("reject failed")
+
+        self.assertIsNone(parse_message(link, b"{", False, 4096, broken))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
