@@ -29,6 +29,33 @@ _log = get_logger("socp_tw.links")
 _PENDING = object()
 
 
+def copies_of(frame: bytes | Deferred[bytes], count: int) -> list[bytes | Deferred[bytes]]:
+    """``count`` handles on one frame, one for each link it goes to (it is signed once).
+
+    Bytes are shared as they are.  A Deferred's result feeds one callback chain only, so a
+    frame still being signed gets one Deferred per link, fired with its bytes; if signing
+    failed (a failure, or None left by an errback that logged it) each copy fails, and
+    the shared chain goes on with None.  Safe to call again later for more copies: the
+    shared chain keeps its bytes.
+    """
+    if isinstance(frame, bytes):
+        return [frame] * count
+    copies: list[Deferred[bytes]] = [Deferred() for _ in range(count)]
+
+    def pass_on(result: object) -> object:
+        if isinstance(result, bytes):
+            for copy in copies:
+                copy.callback(result)
+            return result
+        failure = result if isinstance(result, Failure) else Failure(RuntimeError("the frame was not signed"))
+        for copy in copies:
+            copy.errback(failure)
+        return None
+
+    frame.addBoth(pass_on)
+    return copies
+
+
 @implementer(IPushProducer)
 class OrderedSender:
     """A FIFO of frames (bytes or Deferreds of bytes) written in order through ``write``.

@@ -43,6 +43,7 @@ from socp_tw.interfaces import (
 )
 from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter
 from socp_tw.logs import get_logger
+from socp_tw.protocols.links import copies_of
 
 PEERS_FILE = "peers.json"
 
@@ -237,30 +238,6 @@ class _LinkState:
     @property
     def direction(self) -> str:
         return "outgoing" if self.link.outgoing else "incoming"
-
-
-def _fan_out(frame: bytes | Deferred, count: int) -> list[bytes | Deferred]:
-    """``count`` handles on one frame: the same bytes, or one child Deferred per link.
-
-    A Deferred's result can be consumed by one callback chain only, so a signed
-    frame going to several links gets a child Deferred per link (one signature).
-    """
-    if isinstance(frame, bytes):
-        return [frame] * count
-    children: list[Deferred] = [Deferred() for _ in range(count)]
-
-    def ready(data: bytes) -> bytes:
-        for child in children:
-            child.callback(data)
-        return data
-
-    def failed(failure):
-        for child in children:
-            child.errback(failure)
-        return None
-
-    frame.addCallbacks(ready, failed)
-    return children
 
 
 def _parse_address_payload(payload: dict[str, Any]) -> tuple[str, int, str]:
@@ -543,7 +520,7 @@ class Mesh(Service):
             if isinstance(frame, Deferred):
                 frame.addErrback(lambda f: None)
             return 0
-        for link, handle in zip(links, _fan_out(frame, len(links)), strict=True):
+        for link, handle in zip(links, copies_of(frame, len(links)), strict=True):
             link.send(handle)
         return len(links)
 

@@ -61,6 +61,7 @@ from socp_tw.interfaces import (
     UserNotFound,
 )
 from socp_tw.logs import get_logger
+from socp_tw.protocols.links import copies_of
 
 if TYPE_CHECKING:
     from socp_tw.services.users import UserSide
@@ -779,20 +780,14 @@ class PublicChannel(Service):
         """Sign one frame (to ``"*"``) and send the same bytes on every link of ``links``."""
         if not links:
             return
-        copies = [Deferred() for _ in links]
-        for link, copy in zip(links, copies, strict=True):
+        frame = self._signer.frame(frame_type, "*", payload)
+        frame.addErrback(self._unsigned, frame_type)
+        for link, copy in zip(links, copies_of(frame, len(links)), strict=True):
             link.send(copy)
 
-        def ready(data: bytes) -> None:
-            for copy in copies:
-                copy.callback(data)
-
-        def failed(failure: Failure) -> None:
-            self._log.failure("Could not sign {type} for local users", failure, type=frame_type)
-            for copy in copies:
-                copy.errback(Failure(RuntimeError(f"{frame_type} was not signed")))
-
-        self._signer.frame(frame_type, "*", payload).addCallbacks(ready, failed)
+    def _unsigned(self, failure: Failure, frame_type: str) -> Failure:
+        self._log.failure("Could not sign {type} for local users", failure, type=frame_type)
+        return failure  # each link's copy fails with it
 
     def _push_when_due(self) -> None:
         """Tell local users the change now, or once ``push_interval`` has passed since the last push.
@@ -885,7 +880,7 @@ class PublicChannel(Service):
             if self._snapshot_expiry is None or not self._snapshot_expiry.active():
                 keep = max(1.0, self.push_interval)
                 self._snapshot_expiry = self._clock.callLater(keep, self._drop_snapshot)
-        return [frame if isinstance(frame, bytes) else _passed_on(frame) for frame in cached[1]]
+        return [copies_of(frame, 1)[0] for frame in cached[1]]
 
     def _snapshot_signed(self, data: bytes, frames: list, index: int) -> bytes:
         frames[index] = data  # later users get the bytes themselves
@@ -1200,22 +1195,6 @@ class PublicChannel(Service):
             recipient=recipient,
             where=where,
         )
-
-
-def _passed_on(shared: Deferred) -> Deferred:
-    """A Deferred firing with ``shared``'s bytes, leaving ``shared``'s own chain untouched
-    (a link's sender does not pass a frame's result on, so a shared one is never handed out)."""
-    copy: Deferred = Deferred()
-
-    def pass_on(result: object) -> object:
-        if isinstance(result, bytes):
-            copy.callback(result)
-        else:
-            copy.errback(Failure(RuntimeError("the shared frame was not signed")))
-        return result
-
-    shared.addBoth(pass_on)
-    return copy
 
 
 def _normalised(text: str) -> str | None:

@@ -52,6 +52,7 @@ from socp_tw.interfaces import (
 )
 from socp_tw.limits import DEFAULT_LIMITS, BoundedTTLCache, Limits, check_ts_window
 from socp_tw.logs import get_logger
+from socp_tw.protocols.links import copies_of
 from socp_tw.services.presence import NameInUse, UserPresence
 
 __all__ = [
@@ -225,21 +226,6 @@ def _normalised_key_text(text: str) -> str | None:
         return crypto.encode_public_key(crypto.load_public_key(text))
     except crypto.BadKey:
         return None
-
-
-def _copy_of(shared: Deferred) -> Deferred:
-    """A Deferred firing with ``shared``'s bytes, leaving ``shared``'s own chain untouched."""
-    copy: Deferred = Deferred()
-
-    def pass_on(result: object) -> object:
-        if isinstance(result, bytes):
-            copy.callback(result)
-        else:
-            copy.errback(Failure(RuntimeError("the shared frame was not signed")))
-        return result
-
-    shared.addBoth(pass_on)
-    return copy
 
 
 def _srp_challenge(verifier: str, a_pub: str) -> tuple[keystore.SrpServer, dict]:
@@ -827,7 +813,7 @@ class UserSide(Service):
         )
         for user_id, frame in list(self._adverts.items()):
             if user_id != claim.user_id:
-                link.send(frame if isinstance(frame, bytes) else _copy_of(frame))
+                link.send(copies_of(frame, 1)[0])
 
     # ------------------------------------------------------------ authenticated frames
 
@@ -925,21 +911,13 @@ class UserSide(Service):
     def _relay(self, frame_type: str, payload: dict[str, Any], about: str) -> Deferred:
         """Sign one frame and send the same bytes to every local user but ``about``."""
         links = [e.link for e in self._presence.local_entries() if e.user_id != about]
-        copies = [Deferred() for _ in links]
-        for link, copy in zip(links, copies, strict=True):
-            link.send(copy)
-
-        def fan_out(data: bytes) -> bytes:
-            for copy in copies:
-                copy.callback(data)
-            return data
-
-        def fan_out_failure(failure: Failure) -> None:
-            self._log.failure("Could not sign {type} for local users", failure, type=frame_type)
-            for copy in copies:
-                copy.errback(Failure(RuntimeError(f"{frame_type} relay was not signed")))
-
         frame = self._signer.frame(frame_type, "*", payload)
-        frame.addCallbacks(fan_out, fan_out_failure)
+        frame.addErrback(self._unsigned, frame_type)
+        for link, copy in zip(links, copies_of(frame, len(links)), strict=True):
+            link.send(copy)
         self.counters["relayed." + frame_type] += len(links)
         return frame  # fires with the frame's bytes, or None if signing failed
+
+    def _unsigned(self, failure: Failure, frame_type: str) -> Failure:
+        self._log.failure("Could not sign {type} for local users", failure, type=frame_type)
+        return failure  # each link's copy fails with it

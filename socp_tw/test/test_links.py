@@ -6,7 +6,7 @@ from autobahn.exception import Disconnected
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
-from socp_tw.protocols.links import OrderedSender
+from socp_tw.protocols.links import OrderedSender, copies_of
 from socp_tw.protocols.websocket import text_frame_header
 
 
@@ -140,3 +140,36 @@ class TextFrameHeaderTests(SynchronousTestCase):
         self.assertEqual(text_frame_header(126), b"\x81\x7e\x00\x7e")
         self.assertEqual(text_frame_header(65535), b"\x81\x7e\xff\xff")
         self.assertEqual(text_frame_header(65536), b"\x81\x7f" + (65536).to_bytes(8, "big"))
+
+
+class CopiesOfTests(SynchronousTestCase):
+    """``copies_of``: one signed frame, a handle for each link it goes to."""
+
+    def test_bytes_are_shared(self) -> None:
+        frame = b'{"type":"X"}'
+        copies = copies_of(frame, 3)
+        self.assertEqual(len(copies), 3)
+        self.assertTrue(all(copy is frame for copy in copies))
+
+    def test_pending_frame_copies_fire_with_its_bytes(self) -> None:
+        shared: Deferred = Deferred()
+        first = copies_of(shared, 2)
+        got = []
+        for copy in first:
+            copy.addCallback(got.append)
+        self.assertEqual(got, [])
+        shared.callback(b"signed")
+        self.assertEqual(got, [b"signed", b"signed"])
+        later = copies_of(shared, 1)[0]  # a user arriving afterwards
+        self.assertEqual(self.successResultOf(later), b"signed")
+        self.assertEqual(self.successResultOf(shared), b"signed")  # the shared chain keeps its bytes
+
+    def test_failed_signing_fails_every_copy_and_is_consumed(self) -> None:
+        shared: Deferred = Deferred()
+        copies = copies_of(shared, 2)
+        shared.errback(RuntimeError("signing broke"))
+        for copy in copies:
+            self.assertEqual(str(self.failureResultOf(copy, RuntimeError).value), "signing broke")
+        self.assertIsNone(self.successResultOf(shared))
+        later = copies_of(shared, 1)[0]
+        self.failureResultOf(later, RuntimeError)
