@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from autobahn.exception import Disconnected
 from autobahn.websocket import USES_NVX
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
@@ -75,8 +76,21 @@ class FastFrames:
     """Mixed into an Autobahn ``WebSocketProtocol`` subclass (before it in the bases).
 
     Overrides ``processData``: whole, final, unfragmented data frames are handed to
-    ``onMessage`` directly; everything else to Autobahn's ``processData``.
+    ``onMessage`` directly; everything else to Autobahn's ``processData``.  Writes SOCP
+    frames with ``_write_frame``.
     """
+
+    def _write_frame(self, data: bytes) -> None:
+        """One final text frame.  The listening side writes its header and then the payload
+        object as is: nothing is copied, so a frame fanned out to many links is held once
+        (Autobahn's ``sendMessage`` joins a copy per link).  The dialling side must mask
+        (RFC 6455 §5.3): header, fresh mask, masked copy."""
+        if self.state != _OPEN:
+            raise Disconnected("the link is not open")
+        if self.factory.isServer:
+            self.transport.writeSequence((frame_header(len(data)), data))
+        else:
+            self.transport.writeSequence(masked_text_frame(data))
 
     def processData(self) -> bool:
         if self.current_frame is not None or self.inside_message or self.state != _OPEN:

@@ -22,9 +22,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionResponse
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
@@ -39,7 +37,7 @@ from socp_tw import __version__, tls, wire
 from socp_tw.interfaces import ILink
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
-from socp_tw.protocols.frames import FastFrames, masked_text_frame
+from socp_tw.protocols.frames import FastFrames
 from socp_tw.protocols.links import OrderedSender
 from socp_tw.protocols.websocket import (
     CLOSE_GOING_AWAY,
@@ -145,13 +143,6 @@ class SOCPPeerClientProtocol(FastFrames, WebSocketClientProtocol):
 
     def close(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
         close_link(self, code, reason)
-
-    def _write_frame(self, data: bytes) -> None:
-        # One final text frame, masked as a client must (RFC 6455 §5.3), without Autobahn's
-        # per-send masker object and bookkeeping.
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            raise Disconnected("the link is not open")
-        self.transport.writeSequence(masked_text_frame(data))
 
 
 class PeerClientFactory(WebSocketClientFactory):

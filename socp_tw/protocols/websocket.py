@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -22,7 +21,7 @@ from socp_tw import __version__, wire
 from socp_tw.interfaces import IHub, ILink
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
-from socp_tw.protocols.frames import FastFrames, frame_header
+from socp_tw.protocols.frames import FastFrames
 from socp_tw.protocols.links import OrderedSender
 from socp_tw.services.files import send_backlog
 
@@ -242,19 +241,6 @@ class SOCPServerProtocol(FastFrames, WebSocketServerProtocol):
         """Bytes of ready frames waiting in this link's sender (read by ``send_backlog``)."""
         sender = getattr(self, "_sender", None)
         return sender.held_bytes if sender is not None else 0
-
-    def _write_frame(self, data: bytes) -> None:
-        # One unfragmented text frame: header, then the payload object as is.  Nothing is
-        # copied, so a frame fanned out to many links is held once in memory (Autobahn's
-        # sendMessage joins a copy per link), and the per-send bookkeeping is skipped.
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            raise Disconnected("the link is not open")
-        self.transport.writeSequence((text_frame_header(len(data)), data))
-
-
-def text_frame_header(length: int) -> bytes:
-    """The RFC 6455 header of an unmasked, final text frame of ``length`` payload bytes."""
-    return frame_header(length)
 
 
 class SOCPServerFactory(WebSocketServerFactory):

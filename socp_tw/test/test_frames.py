@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
@@ -256,6 +257,24 @@ class EquivalenceTests(SynchronousTestCase):
         self.assertEqual(len(fast.messages), sum(kind != "ping" for kind, _, _ in frames))
         fast._lost()
         slow._lost()
+
+
+class WriteFrameTests(SynchronousTestCase):
+    def test_listening_side_writes_header_then_the_payload_itself(self) -> None:
+        conn = Connection(self)
+        payload = b'{"type":"HEARTBEAT"}'
+        written = []
+        conn.transport.writeSequence = written.append
+        conn.protocol._write_frame(payload)
+        self.assertEqual(len(written), 1)
+        header, body = written[0]
+        self.assertEqual(header, frame_header(len(payload)))
+        self.assertIs(body, payload)  # not copied
+
+    def test_closed_link_raises_disconnected(self) -> None:
+        conn = Connection(self)
+        conn.protocol.state = WebSocketProtocol.STATE_CLOSED
+        self.assertRaises(Disconnected, conn.protocol._write_frame, b"{}")
 
 
 class ParseMessageTests(SynchronousTestCase):

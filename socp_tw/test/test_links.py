@@ -6,8 +6,8 @@ from autobahn.exception import Disconnected
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from socp_tw.protocols.frames import frame_header
 from socp_tw.protocols.links import OrderedSender, copies_of
-from socp_tw.protocols.websocket import text_frame_header
 
 
 class OrderedSenderTests(SynchronousTestCase):
@@ -135,11 +135,11 @@ class FlowControlTests(SynchronousTestCase):
 
 class TextFrameHeaderTests(SynchronousTestCase):
     def test_lengths(self) -> None:
-        self.assertEqual(text_frame_header(0), b"\x81\x00")
-        self.assertEqual(text_frame_header(125), b"\x81\x7d")
-        self.assertEqual(text_frame_header(126), b"\x81\x7e\x00\x7e")
-        self.assertEqual(text_frame_header(65535), b"\x81\x7e\xff\xff")
-        self.assertEqual(text_frame_header(65536), b"\x81\x7f" + (65536).to_bytes(8, "big"))
+        self.assertEqual(frame_header(0), b"\x81\x00")
+        self.assertEqual(frame_header(125), b"\x81\x7d")
+        self.assertEqual(frame_header(126), b"\x81\x7e\x00\x7e")
+        self.assertEqual(frame_header(65535), b"\x81\x7e\xff\xff")
+        self.assertEqual(frame_header(65536), b"\x81\x7f" + (65536).to_bytes(8, "big"))
 
 
 class CopiesOfTests(SynchronousTestCase):
