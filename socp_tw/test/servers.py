@@ -8,14 +8,53 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from socp_tw import wire
 from socp_tw.identity import IDENTITY_FILE, KEY_FILE
+from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.tap import Options, makeService
 from socp_tw.test.keys import test_key
 from socp_tw.testing import CollectingClientFactory
+
+#: A client's opening handshake (RFC 6455 §1.3's example key) for protocols over StringTransport.
+HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def open_server_link(case: TestCase, hub, protocol_class: type | None = None, **factory_options):
+    """A listening-side SOCP protocol over a ``StringTransport``, its WebSocket handshake done.
+
+    ``factory_options`` go to :class:`SOCPServerFactory` (``limits``, ``max_frame_bytes``).
+    At cleanup the connection is lost and the handshake timers Autobahn left on the global
+    reactor are cancelled.  Returns ``(protocol, transport)``; the transport holds only what
+    was written after the handshake.
+    """
+    timers = set(reactor.getDelayedCalls())
+
+    def cancel_new_timers() -> None:
+        for call in reactor.getDelayedCalls():
+            if call not in timers and call.active():
+                call.cancel()
+
+    case.addCleanup(cancel_new_timers)
+    factory = SOCPServerFactory("ws://127.0.0.1:9", hub, **factory_options)
+    if protocol_class is not None:
+        factory.protocol = protocol_class
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    case.addCleanup(protocol.connectionLost, Failure(ConnectionError("test over")))
+    protocol.dataReceived(HANDSHAKE)
+    case.assertIn(b"101 Switching Protocols", transport.value())
+    transport.clear()
+    return protocol, transport
 
 
 def prepare_data_dir(case: TestCase, key_index: int, server_id: str | None = None) -> str:

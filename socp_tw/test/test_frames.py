@@ -10,10 +10,6 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import wire
@@ -25,15 +21,12 @@ from socp_tw.protocols.frames import (
     mask_with_integers,
     masked_text_frame,
 )
-from socp_tw.protocols.websocket import SOCPServerFactory, SOCPServerProtocol, parse_message
+from socp_tw.protocols.websocket import SOCPServerProtocol, parse_message
 from socp_tw.services.hub import Hub
+from socp_tw.test.servers import open_server_link
 from socp_tw.test.test_security import FakeSigner
 from socp_tw.testing import FakeLink
 
-HANDSHAKE = (
-    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
 MAX_FRAME = 4096  # the factories' message/frame bound in these tests
 
 
@@ -60,30 +53,12 @@ class Connection:
     """A server protocol over a StringTransport, recording the messages it delivers."""
 
     def __init__(self, case: SynchronousTestCase, protocol_class: type = SOCPServerProtocol) -> None:
-        before = set(reactor.getDelayedCalls())
-        case.addCleanup(self._cancel_new_timers, before)
         self.hub = Hub(FakeSigner())
-        factory = SOCPServerFactory("ws://127.0.0.1:9", self.hub, max_frame_bytes=MAX_FRAME)
-        factory.protocol = protocol_class
-        self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-        self.transport = StringTransport()
-        self.protocol.makeConnection(self.transport)
-        self.protocol.dataReceived(HANDSHAKE)
-        case.assertIn(b"101 Switching Protocols", self.transport.value())
-        self.transport.clear()
+        self.protocol, self.transport = open_server_link(
+            case, self.hub, protocol_class, max_frame_bytes=MAX_FRAME
+        )
         self.messages: list[tuple[bytes, bool]] = []
         self.protocol.onMessage = lambda payload, binary: self.messages.append((payload, binary))
-        case.addCleanup(self._lost)
-
-    def _lost(self) -> None:
-        if self.transport.connected:
-            self.protocol.connectionLost(Failure(ConnectionError("test over")))
-
-    @staticmethod
-    def _cancel_new_timers(before: set) -> None:
-        for call in reactor.getDelayedCalls():
-            if call not in before and call.active():
-                call.cancel()
 
     def feed(self, data: bytes, step: int | None = None) -> None:
         step = step or len(data) or 1
@@ -255,8 +230,6 @@ class EquivalenceTests(SynchronousTestCase):
         self.assertEqual(fast.messages, slow.messages)
         self.assertEqual(fast.transport.value(), slow.transport.value())  # the pongs
         self.assertEqual(len(fast.messages), sum(kind != "ping" for kind, _, _ in frames))
-        fast._lost()
-        slow._lost()
 
 
 class WriteFrameTests(SynchronousTestCase):

@@ -9,20 +9,17 @@
 
 from __future__ import annotations
 
-from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from socp_tw import memory
 from socp_tw.interfaces import ISigner
 from socp_tw.memory import MemoryTrimmer, load_malloc_trim, rss_bytes
-from socp_tw.protocols.websocket import _HANDSHAKE_DATA, SOCPServerFactory
+from socp_tw.protocols.websocket import _HANDSHAKE_DATA
 from socp_tw.services.hub import Hub
+from socp_tw.test.servers import open_server_link
 
 
 class _FakeProcess:
@@ -179,18 +176,8 @@ class _NoSigner:
 
 class HandshakeDataTests(SynchronousTestCase):
     def test_open_link_keeps_no_handshake_data(self) -> None:
-        timers = set(reactor.getDelayedCalls())
         hub = Hub(_NoSigner(), clock=Clock())
-        factory = SOCPServerFactory("ws://127.0.0.1:9", hub)
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.addCleanup(self._cleanup, protocol, timers)
-        protocol.dataReceived(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        self.assertIn(b"101 Switching Protocols", transport.value())
+        protocol, transport = open_server_link(self, hub)
         self.assertIn("http_headers", _HANDSHAKE_DATA)
         for name in _HANDSHAKE_DATA:
             self.assertIsNone(getattr(protocol, name, None), name)
@@ -202,10 +189,3 @@ class HandshakeDataTests(SynchronousTestCase):
         self.patch(hub, "frame_rejected", lambda link, error: received.append(error.code))
         protocol.dataReceived(b"\x81\x82\x00\x00\x00\x00{}")  # a masked text frame (zero mask): "{}"
         self.assertEqual(len(received), 1)
-
-    @staticmethod
-    def _cleanup(protocol, timers: set) -> None:
-        protocol.connectionLost(Failure(ConnectionError("test over")))
-        for call in reactor.getDelayedCalls():
-            if call not in timers and call.active():
-                call.cancel()

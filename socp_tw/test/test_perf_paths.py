@@ -12,12 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -25,11 +21,11 @@ from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
 from socp_tw.interfaces import ISigner
 from socp_tw.limits import DEFAULT_LIMITS
-from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import send_backlog
 from socp_tw.services.hub import Hub
 from socp_tw.signer import FrameSigner, encode_signed_frame
 from socp_tw.test.keys import test_key
+from socp_tw.test.servers import open_server_link
 from socp_tw.testing import SynchronousWorkers
 
 
@@ -65,26 +61,9 @@ class SignedFrameTests(SynchronousTestCase):
 
 class FlowControlledLinkTests(SynchronousTestCase):
     def protocol(self, **limits):
-        timers = set(reactor.getDelayedCalls())
-        self.addCleanup(self.cancel_new_timers, timers)
         hub = Hub(_NoSigner(), clock=Clock())
-        factory = SOCPServerFactory("ws://127.0.0.1:9", hub, limits=replace(DEFAULT_LIMITS, **limits))
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        protocol.dataReceived(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        transport.clear()
-        self.addCleanup(protocol.connectionLost, Failure(ConnectionError("test over")))
+        protocol, transport = open_server_link(self, hub, limits=replace(DEFAULT_LIMITS, **limits))
         return protocol, transport, hub
-
-    @staticmethod
-    def cancel_new_timers(before: set) -> None:
-        for call in reactor.getDelayedCalls():
-            if call not in before and call.active():
-                call.cancel()
 
     def test_frames_wait_while_the_transport_is_full(self) -> None:
         protocol, transport, _ = self.protocol()

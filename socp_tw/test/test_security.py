@@ -12,14 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -28,7 +25,7 @@ from socp_tw.identity import ServerIdentity
 from socp_tw.interfaces import ISigner
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.protocols.peer import OutgoingLinks
-from socp_tw.protocols.websocket import SOCPServerFactory, send_overflow
+from socp_tw.protocols.websocket import send_overflow
 from socp_tw.services import mesh as mesh_module
 from socp_tw.services import presence as presence_module
 from socp_tw.services import users as users_module
@@ -38,7 +35,7 @@ from socp_tw.services.router import Router
 from socp_tw.signer import FrameSigner
 from socp_tw.tap import Options, makeService
 from socp_tw.test.keys import test_key, vector_id, vector_key
-from socp_tw.test.servers import prepare_data_dir
+from socp_tw.test.servers import open_server_link, prepare_data_dir
 from socp_tw.test.test_mesh import HERE, S1, S2, S3, MeshTestCase, Node
 from socp_tw.test.test_users import PASSWORD, UserSideTestBase, alice_key, bob_key
 from socp_tw.test.tls_certs import shared_pki, write_pem
@@ -366,29 +363,10 @@ class SendOverflowTests(SynchronousTestCase):
         self.assertEqual(send_overflow(protocol, 0, 10, 100), "101 bytes waiting to be read")
 
     def protocol(self, **limits) -> tuple[Any, StringTransport, Hub]:
-        timers = set(reactor.getDelayedCalls())
-        self.addCleanup(self.cancel_new_timers, timers)
         hub = Hub(FakeSigner(), clock=Clock())
-        factory = SOCPServerFactory("ws://127.0.0.1:9", hub, limits=replace(DEFAULT_LIMITS, **limits))
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        protocol.dataReceived(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        self.assertIn(b"101 Switching Protocols", transport.value())
+        protocol, transport = open_server_link(self, hub, limits=replace(DEFAULT_LIMITS, **limits))
         self.assertEqual(list(hub.links), [protocol.link_id])
-        transport.clear()
-        self.addCleanup(protocol.connectionLost, Failure(ConnectionError("test over")))
         return protocol, transport, hub
-
-    @staticmethod
-    def cancel_new_timers(before: set) -> None:
-        """Autobahn's handshake timers run on the global reactor: leave none behind."""
-        for call in reactor.getDelayedCalls():
-            if call not in before and call.active():
-                call.cancel()
 
     def test_slow_reader_is_closed(self) -> None:
         protocol, transport, hub = self.protocol(max_send_queue_bytes=1000)
