@@ -48,6 +48,22 @@ class SynchronousWorkers:
             return fail()
 
 
+@implementer(ISigner)
+class NeverSigner:
+    """Enough of ISigner for a hub that never signs: ``frame`` never fires, ``frame_now`` is empty."""
+
+    public_key_text = ""
+
+    def __init__(self, server_id: str = "00000000-0000-4000-8000-000000000000") -> None:
+        self.server_id = server_id
+
+    def frame(self, type: str, to: str, payload: dict, ts: int | None = None) -> Deferred:
+        return Deferred()
+
+    def frame_now(self, type: str, to: str, payload: dict, ts: int | None = None) -> bytes:
+        return b""
+
+
 @implementer(ILink)
 class FakeLink:
     """A link that records what is sent on it, in call order like a real link.

@@ -24,8 +24,7 @@ from socp_tw.protocols.frames import (
 from socp_tw.protocols.websocket import SOCPServerProtocol, parse_message
 from socp_tw.services.hub import Hub
 from socp_tw.test.servers import open_server_link
-from socp_tw.test.test_security import FakeSigner
-from socp_tw.testing import FakeLink
+from socp_tw.testing import FakeLink, NeverSigner
 
 MAX_FRAME = 4096  # the factories' message/frame bound in these tests
 
@@ -53,7 +52,7 @@ class Connection:
     """A server protocol over a StringTransport, recording the messages it delivers."""
 
     def __init__(self, case: SynchronousTestCase, protocol_class: type = SOCPServerProtocol) -> None:
-        self.hub = Hub(FakeSigner())
+        self.hub = Hub(NeverSigner())
         self.protocol, self.transport = open_server_link(
             case, self.hub, protocol_class, max_frame_bytes=MAX_FRAME
         )

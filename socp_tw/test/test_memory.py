@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -20,6 +19,7 @@ from socp_tw.memory import MemoryTrimmer, load_malloc_trim, rss_bytes
 from socp_tw.protocols.websocket import _HANDSHAKE_DATA
 from socp_tw.services.hub import Hub
 from socp_tw.test.servers import open_server_link
+from socp_tw.testing import NeverSigner
 
 
 class _FakeProcess:
@@ -163,20 +163,9 @@ class MemoryTrimmerTests(SynchronousTestCase):
 
 
 @implementer(ISigner)
-class _NoSigner:
-    server_id = "00000000-0000-4000-8000-000000000000"
-    public_key_text = ""
-
-    def frame(self, type, to, payload, ts=None):
-        return Deferred()
-
-    def frame_now(self, type, to, payload, ts=None):
-        return b""
-
-
 class HandshakeDataTests(SynchronousTestCase):
     def test_open_link_keeps_no_handshake_data(self) -> None:
-        hub = Hub(_NoSigner(), clock=Clock())
+        hub = Hub(NeverSigner(), clock=Clock())
         protocol, transport = open_server_link(self, hub)
         self.assertIn("http_headers", _HANDSHAKE_DATA)
         for name in _HANDSHAKE_DATA:

@@ -12,21 +12,18 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
-from socp_tw.interfaces import ISigner
 from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.services.files import send_backlog
 from socp_tw.services.hub import Hub
 from socp_tw.signer import FrameSigner, encode_signed_frame
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import open_server_link
-from socp_tw.testing import SynchronousWorkers
+from socp_tw.testing import NeverSigner, SynchronousWorkers
 
 
 class SignedFrameTests(SynchronousTestCase):
@@ -61,7 +58,7 @@ class SignedFrameTests(SynchronousTestCase):
 
 class FlowControlledLinkTests(SynchronousTestCase):
     def protocol(self, **limits):
-        hub = Hub(_NoSigner(), clock=Clock())
+        hub = Hub(NeverSigner(), clock=Clock())
         protocol, transport = open_server_link(self, hub, limits=replace(DEFAULT_LIMITS, **limits))
         return protocol, transport, hub
 
@@ -99,17 +96,3 @@ class FlowControlledLinkTests(SynchronousTestCase):
             protocol.send(b'{"n":%d}' % n)
         self.assertEqual(hub.counters["closed.send_overflow"], 0)
         self.assertEqual(len(protocol._sender), 5)
-
-
-@implementer(ISigner)
-class _NoSigner:
-    """Enough of ISigner for a hub that never signs in these tests."""
-
-    server_id = "00000000-0000-4000-8000-000000000000"
-    public_key_text = ""
-
-    def frame(self, type, to, payload, ts=None):
-        return Deferred()
-
-    def frame_now(self, type, to, payload, ts=None):
-        return b""

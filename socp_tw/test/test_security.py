@@ -18,11 +18,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from socp_tw import content, crypto, keystore, tls, wire
 from socp_tw.identity import ServerIdentity
-from socp_tw.interfaces import ISigner
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import send_overflow
@@ -39,7 +37,7 @@ from socp_tw.test.servers import open_server_link, prepare_data_dir
 from socp_tw.test.test_mesh import HERE, S1, S2, S3, MeshTestCase, Node
 from socp_tw.test.test_users import PASSWORD, UserSideTestBase, alice_key, bob_key
 from socp_tw.test.tls_certs import shared_pki, write_pem
-from socp_tw.testing import FakeLink, FakePeerLinks, SynchronousWorkers
+from socp_tw.testing import FakeLink, FakePeerLinks, NeverSigner, SynchronousWorkers
 
 USER = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 
@@ -363,7 +361,7 @@ class SendOverflowTests(SynchronousTestCase):
         self.assertEqual(send_overflow(protocol, 0, 10, 100), "101 bytes waiting to be read")
 
     def protocol(self, **limits) -> tuple[Any, StringTransport, Hub]:
-        hub = Hub(FakeSigner(), clock=Clock())
+        hub = Hub(NeverSigner(HERE), clock=Clock())
         protocol, transport = open_server_link(self, hub, limits=replace(DEFAULT_LIMITS, **limits))
         self.assertEqual(list(hub.links), [protocol.link_id])
         return protocol, transport, hub
@@ -400,20 +398,6 @@ class SendOverflowTests(SynchronousTestCase):
             protocol.send(frame)
         self.assertEqual(hub.counters["closed.send_overflow"], 1)
         waiting[3].errback(RuntimeError("never signed"))  # the dropped frame's failure is handled
-
-
-@implementer(ISigner)
-class FakeSigner:
-    """Enough of ISigner for a hub that never signs in these tests."""
-
-    server_id = HERE
-    public_key_text = ""
-
-    def frame(self, type, to, payload, ts=None):
-        return Deferred()
-
-    def frame_now(self, type, to, payload, ts=None):
-        return b""
 
 
 # -- the limits and the code agree --------------------------------------------------------------------
