@@ -56,6 +56,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, parse, "--max-frame-bytes", "x")
         self.assertRaises(usage.UsageError, parse, "--max-frame-bytes", "10")
 
+    def test_memory_trim_interval(self) -> None:
+        self.assertEqual(parse()["memory-trim-interval"], 5.0)
+        self.assertEqual(parse("--memory-trim-interval", "0")["memory-trim-interval"], 0.0)
+        for bad in ("x", "-1", "nan", "86401"):
+            e = self.assertRaises(usage.UsageError, parse, "--memory-trim-interval", bad)
+            self.assertIn("--memory-trim-interval", str(e))
+
 
 class BindParsingTests(SynchronousTestCase):
     def test_ws_url(self) -> None:
@@ -126,6 +133,11 @@ class MakeServiceTests(SynchronousTestCase):
         names = [s.name for s in top]
         expected = ["workers", "store", "hub", "presence", "mesh", "router", "users", "files", "listener"]
         self.assertEqual(names, [*expected, "status", "memory-trim", "outgoing", "public"])
+
+    def test_memory_trim_off(self) -> None:
+        data = prepare_data_dir(self, 0)
+        options = parse("--bind", "ws://127.0.0.1:0", "--data-dir", data, "--memory-trim-interval", "0")
+        self.assertNotIn("memory-trim", [s.name for s in makeService(options)])
 
     def test_contradicting_id_exits(self) -> None:
         data = prepare_data_dir(self, 0)
