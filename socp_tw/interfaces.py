@@ -187,10 +187,14 @@ class UserNotFound(Exception):
     """Nobody on the mesh hosts this user."""
 
 
+class Unverified(Exception):
+    """A frame signed ahead of its content check failed that check: it was dropped unsent."""
+
+
 class IRouter(Interface):
     """Delivers user frames to wherever the recipient is (PROTOCOL.md §4-6)."""
 
-    def route(kind, recipient, fields, ts, sender, sender_pub):
+    def route(kind, recipient, fields, ts, sender, sender_pub, verified=None):
         """Deliver a user frame of ``kind`` (``MSG_DIRECT``, ``MSG_PUBLIC_CHANNEL``, ``FILE_*`` ...)
         that local user ``sender`` sent to ``recipient``, keeping the original ``ts``.
 
@@ -198,6 +202,12 @@ class IRouter(Interface):
         Local recipient: a server-signed ``USER_DELIVER`` (for a DM) or the original
         type.  Remote: ``SERVER_DELIVER`` to the hosting server.  Returns "local" or
         the hosting server id; raises :class:`UserNotFound`.
+
+        ``verified``: the content check, when the caller has not made it yet.  The
+        frame's signature is then started first and ``verified()`` runs on the reactor
+        while the pool signs; the frame is sent only if it returns true, otherwise it is
+        dropped unsent and :class:`Unverified` raised (also instead of
+        :class:`UserNotFound`: a bad signature is reported as such).
         """
 
     def deliver_from_server(envelope, origin_link):

@@ -275,10 +275,20 @@ class FakeRouter:
         self.from_servers: list[tuple[wire.Envelope, ILink]] = []
 
     def route(
-        self, kind: str, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str
+        self,
+        kind: str,
+        recipient: str,
+        fields: dict[str, Any],
+        ts: int,
+        sender: str,
+        sender_pub: str,
+        verified: Callable[[], bool] | None = None,
     ) -> str:
-        from socp_tw.interfaces import UserNotFound
+        """Record the frame; with ``verified``, only if it passes (else ``Unverified``, as the real one)."""
+        from socp_tw.interfaces import Unverified, UserNotFound
 
+        if verified is not None and not verified():
+            raise Unverified("the content signature does not verify")
         where = self.locations.get(recipient)
         if where is None:
             raise UserNotFound(recipient)

@@ -7,7 +7,7 @@ from zope.interface.verify import verifyObject
 
 from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
-from socp_tw.interfaces import IRouter, UserNotFound
+from socp_tw.interfaces import IRouter, Unverified, UserNotFound
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
 from socp_tw.signer import FrameSigner
@@ -243,3 +243,107 @@ class RouterTests(SynchronousTestCase):
         self.peers.deliver(wire.Envelope("ERROR", OTHER, HERE, TS, {"code": 5}, "s"))
         self.assertEqual(self.alice_link.sent, [])
         self.assertEqual(self.peers.sent, [])
+
+
+class SignWhileCheckingTests(SynchronousTestCase):
+    """A DM's signature is started before its content_sig is checked, so the check adds nothing
+    to its latency; a frame that fails the check is dropped unsent, and whoever sent one loses
+    the head start (one wasted signature at most)."""
+
+    def setUp(self) -> None:
+        self.presence = Presence(HERE)
+        self.signer = make_signer()
+        self.peers = FakePeerLinks([OTHER])
+        self.router = Router(self.presence, self.signer, self.peers)
+        self.bob_link = FakeLink("bob", "user", BOB)
+        self.presence.user_online_local(BOB, BOB_PUB, {}, self.bob_link)
+        self.presence.user_online_remote(CAROL, OTHER, ALICE_PUB, {})
+        self.events: list[str] = []
+        frame = self.signer.frame
+
+        def recording_frame(*args, **kwargs):
+            self.events.append("sign " + args[0])
+            return frame(*args, **kwargs)
+
+        self.patch(self.signer, "frame", recording_frame)
+
+    def check(self, result: bool):
+        def verified() -> bool:
+            self.events.append("check")
+            return result
+
+        return verified
+
+    def test_local_and_remote_frames_are_signed_before_the_check_and_sent_after_it(self) -> None:
+        self.assertEqual(
+            self.router.route("MSG_DIRECT", BOB, dm_fields(), TS, ALICE, ALICE_PUB, self.check(True)), "local"
+        )
+        fields = dm_fields(recipient=CAROL)
+        self.assertEqual(
+            self.router.route("MSG_DIRECT", CAROL, fields, TS, ALICE, ALICE_PUB, self.check(True)), OTHER
+        )
+        self.assertEqual(self.events, ["sign USER_DELIVER", "check", "sign SERVER_DELIVER", "check"])
+        self.assertEqual(len(self.bob_link.sent), 1)
+        self.assertEqual([server for server, _ in self.peers.sent], [OTHER])
+
+    def test_a_failed_check_sends_nothing_and_raises_unverified(self) -> None:
+        for recipient in (BOB, CAROL):
+            with self.assertRaises(Unverified):
+                self.router.route(
+                    "MSG_DIRECT",
+                    recipient,
+                    dm_fields(recipient=recipient),
+                    TS,
+                    ALICE,
+                    ALICE_PUB,
+                    self.check(False),
+                )
+        self.assertEqual(self.events, ["sign USER_DELIVER", "check", "sign SERVER_DELIVER", "check"])
+        self.assertEqual((self.bob_link.sent, self.peers.sent), ([], []))
+        self.assertEqual(self.router.counters["unverified"], 2)
+        self.assertEqual(self.flushLoggedErrors(), [])  # the dropped frames fail nothing
+
+    def test_an_unknown_recipient_with_a_bad_signature_is_reported_as_a_bad_signature(self) -> None:
+        with self.assertRaises(Unverified):
+            self.router.route(
+                "MSG_DIRECT", THIRD, dm_fields(recipient=THIRD), TS, ALICE, ALICE_PUB, self.check(False)
+            )
+        with self.assertRaises(UserNotFound):
+            self.router.route(
+                "MSG_DIRECT", THIRD, dm_fields(recipient=THIRD), TS, ALICE, ALICE_PUB, self.check(True)
+            )
+        self.assertEqual(self.events, ["check", "check"])  # nothing to sign for nobody
+
+    def deliver(self, fields: dict, origin: str = OTHER) -> None:
+        payload = {"user_id": BOB, **fields, "sender": ALICE, "sender_pub": ALICE_PUB}
+        self.peers.deliver(wire.Envelope("SERVER_DELIVER", origin, HERE, TS, payload, "checked-by-the-mesh"))
+
+    def record_content_checks(self) -> None:
+        from socp_tw.services import router
+
+        check = router.verify_user_content
+
+        def recording_check(*args):
+            self.events.append("check")
+            return check(*args)
+
+        self.patch(router, "verify_user_content", recording_check)
+
+    def test_server_deliver_signs_first_until_its_origin_sends_a_bad_one(self) -> None:
+        self.record_content_checks()
+        self.deliver(dm_fields())
+        self.assertEqual(self.events, ["sign USER_DELIVER", "check"])
+        self.deliver(dm_fields(sender_key_name="bob"))  # a content_sig by the wrong key
+        self.assertEqual(self.events[2:], ["sign USER_DELIVER", "check", "sign ERROR"])
+        [(server_id, error)] = self.peers.sent_frames()
+        self.assertEqual(
+            (server_id, error["type"], error["payload"]["code"]), (OTHER, "ERROR", "INVALID_SIG")
+        )
+        self.assertEqual(len(self.bob_link.sent), 1)  # only the good one
+        # From now on this origin's deliveries are checked before anything is signed.
+        self.deliver(dm_fields(sender_key_name="bob"))
+        self.assertEqual(self.events[5:], ["check", "sign ERROR"])
+        self.deliver(dm_fields())
+        self.assertEqual(self.events[7:], ["check", "sign USER_DELIVER"])
+        self.assertEqual(len(self.bob_link.sent), 2)
+        self.assertEqual([e["payload"]["code"] for _, e in self.peers.sent_frames()], ["INVALID_SIG"] * 2)

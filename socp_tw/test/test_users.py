@@ -784,6 +784,28 @@ class AuthenticatedLinkTests(UserSideTestBase):
         self.error(self.alice_link, "INVALID_SIG")
         self.assertEqual(self.take(self.bob_link), [])
 
+    def test_dm_signed_while_checked_until_the_link_sends_a_forgery(self) -> None:
+        ciphertext = crypto.oaep_encrypt(bob_key().public_key(), b"hi")
+        forged = crypto.sign_content(bob_key(), b"forged")
+        self.dm(self.alice, self.bob, alice_key())
+        self.one(self.bob_link, "USER_DELIVER")
+        self.assertEqual(self.router.counters.get("unverified"), None)
+        # The first forgery is caught after its USER_DELIVER was started: dropped unsent.
+        self.dm(self.alice, self.bob, alice_key(), ciphertext=ciphertext, sig=forged)
+        self.error(self.alice_link, "INVALID_SIG")
+        self.assertEqual((self.router.counters["unverified"], self.users.counters["sign_ahead_lost"]), (1, 1))
+        # The link has lost its head start: the next forgery is checked before anything is signed.
+        self.dm(self.alice, self.bob, alice_key(), ciphertext=ciphertext, sig=forged, ts=1_700_000_000_124)
+        self.error(self.alice_link, "INVALID_SIG")
+        self.assertEqual((self.router.counters["unverified"], self.users.counters["sign_ahead_lost"]), (1, 1))
+        self.dm(self.alice, self.bob, alice_key(), ts=1_700_000_000_125)
+        self.one(self.bob_link, "USER_DELIVER")
+        self.assertEqual(self.users.counters["routed.MSG_DIRECT"], 2)
+        # Another user's link keeps its own head start.
+        self.dm(self.bob, self.alice, bob_key(), ciphertext=ciphertext, sig=forged)
+        self.error(self.bob_link, "INVALID_SIG")
+        self.assertEqual(self.router.counters["unverified"], 2)
+
     def test_sender_pub_must_be_own_key(self) -> None:
         # Bob's key and a valid signature by Bob's key: still not Alice's authenticated key.
         self.dm(self.alice, self.bob, bob_key())
