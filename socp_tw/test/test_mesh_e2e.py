@@ -131,10 +131,19 @@ class MeshE2ETests(TestCase):
         self.assertIn(f"Server joining {c.server_id}", lines)
         status = [line for line in lines if line.startswith("Status: Known servers:")]
         self.assertTrue(any(b.server_id in line and c.server_id in line for line in status), status)
-        # The pins are persisted, private to the server.
-        stored = json.loads((Path(a.data_dir) / PEERS_FILE).read_text())["servers"]
-        self.assertEqual(set(stored), {b.server_id, c.server_id})
-        self.assertEqual(stored[b.server_id]["pubkey"], b.public_key_text)
+        # The pins are persisted, private to the server (written on a worker thread: wait for it).
+        pins_file = Path(a.data_dir) / PEERS_FILE
+
+        def stored() -> dict:
+            try:
+                return json.loads(pins_file.read_text())["servers"]
+            except (OSError, ValueError):
+                return {}
+
+        yield wait_until(
+            lambda: set(stored()) == {b.server_id, c.server_id}, [a], what="peers.json on A lists B and C"
+        )
+        self.assertEqual(stored()[b.server_id]["pubkey"], b.public_key_text)
 
     @inlineCallbacks
     def test_user_on_c_known_on_a(self):
