@@ -153,6 +153,33 @@ def bench_key():
     return _KEY
 
 
+def path_sampler(signs: int, verifies: int, key=None) -> Callable[[], float]:
+    """A callable doing ``signs`` signatures and ``verifies`` verifications one after the other
+    (a message's RSA path) and returning their CPU seconds: a floor sample a benchmark can take
+    *during* its run, between messages, so that the floor sees the machine as the servers did."""
+    key = key or bench_key()
+    public = key.public_key()
+    data = wire.canonical(
+        {
+            "ciphertext": wire.b64u_encode(os.urandom(512)),
+            "sender": wire.new_uuid4(),
+            "sender_pub": crypto.encode_public_key(key),
+            "content_sig": wire.b64u_encode(os.urandom(512)),
+        }
+    )
+    sig = crypto.pss_sign(key, data)
+
+    def sample() -> float:
+        start = time.thread_time()
+        for _ in range(signs):
+            crypto.pss_sign(key, data)
+        for _ in range(verifies):
+            crypto.pss_verify(public, data, sig)
+        return time.thread_time() - start
+
+    return sample
+
+
 def measure(key=None, parallel_seconds: float = 1.0) -> Floor:
     """Time each operation now (about 2 s in all)."""
     key = key or bench_key()
