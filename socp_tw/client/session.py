@@ -1124,66 +1124,7 @@ class ClientSession:
 
     def _on_public_message(self, envelope: wire.Envelope) -> None:
         """One member's copy of an /all message: checked like a DM, shown once."""
-        payload = envelope.payload
-        sender = payload.get("sender")
-        claimed = sender if wire.is_uuid(sender) else "an unnamed sender"
-
-        def reject(reason: str) -> None:
-            self._count("public_rejected")
-            _log.info(
-                "Rejected a public message claiming to be from {sender}: {reason}",
-                sender=claimed,
-                reason=reason,
-            )
-            shown = printable(str(claimed)[:64])
-            self.show(f"[WARNING] rejected public message claiming to be from {shown}: {reason}")
-
-        if not self.logged_in or self._key is None:
-            return reject("received before login")
-        if self._signed_by_server(envelope) is not True:
-            return reject("invalid server signature")
-        if envelope.to != self.user_id:
-            return reject("not addressed to you")
-        if not wire.is_uuid(sender):
-            return reject("no valid sender id")
-        ciphertext, content_sig, sender_pub = (
-            payload.get(n) for n in ("ciphertext", "content_sig", "sender_pub")
-        )
-        if not all(isinstance(v, str) and v for v in (ciphertext, content_sig, sender_pub)):
-            return reject("malformed (ciphertext, content_sig or sender_pub missing)")
-        if len(ciphertext) > _MAX_CIPHERTEXT_CHARS:
-            return reject("ciphertext too long")
-        if (sender, content_sig) in self._public_seen:
-            self._count("public_duplicates")
-            return None  # the same frame again (a relay's repeat): shown once already
-        try:
-            sender_key = crypto.load_public_key(sender_pub)
-        except crypto.BadKey as e:
-            return reject(f"unusable sender key ({e.detail})")
-        if not crypto.verify_public_content_sig(sender_key, ciphertext, sender, envelope.ts, content_sig):
-            return reject("invalid signature")
-        check = self.pins.check_user(sender, sender_pub)
-        self._seen_keys[sender] = sender_pub
-        if check.status == CHANGED:
-            if (sender, check.fingerprint) not in self._warned_keys:
-                self._warned_keys.add((sender, check.fingerprint))
-                self._key_changed_warning(sender, check.pinned_fingerprint, check.fingerprint)
-            return reject("signed by a key different from the one pinned for this user")
-        if check.status == NEW and sender != self.user_id:
-            self.pins.pin_user(sender, sender_pub)
-            self.show(f"[KEY] pinned the key of {sender} [{check.fingerprint}] (first contact)")
-        self._public_seen.append((sender, content_sig))
-        key = self._key
-
-        def decrypt(_: object) -> Deferred:
-            done = self._workers.run(crypto.oaep_decrypt, key, ciphertext)
-            done.addCallbacks(
-                self._decrypted, self._undecryptable, callbackArgs=(sender, True), errbackArgs=(sender, True)
-            )
-            return done.addErrback(self._internal_error)
-
-        self._inbox.addCallback(decrypt)
-        return None
+        self._receive_message(envelope, public=True)
 
     # --------------------------------------------------------------- /trust
 
@@ -1232,14 +1173,33 @@ class ClientSession:
     # ------------------------------------------------------------ incoming DMs
 
     def _on_user_deliver(self, envelope: wire.Envelope) -> None:
+        self._receive_message(envelope, public=False)
+
+    def _receive_message(self, envelope: wire.Envelope, public: bool) -> None:
+        """Check a DM (``USER_DELIVER``) or a public-channel copy end to end, then queue its
+        decryption (off the reactor, shown in arrival order).
+
+        In order: logged in, the server's signature, addressed to us, a sender id and the three
+        fields, the content signature by ``sender_pub`` (the DM or the public preimage), and that
+        key against the one pinned for the sender.  A public copy seen before is dropped quietly
+        (a relay's repeat).  Anything else is a ``[WARNING] rejected ...`` line.
+        """
+        what = "public message" if public else "DM"
         payload = envelope.payload
         sender = payload.get("sender")
         claimed = sender if wire.is_uuid(sender) else "an unnamed sender"
 
         def reject(reason: str) -> None:
-            self._count("dm_rejected")
-            _log.info("Rejected a DM claiming to be from {sender}: {reason}", sender=claimed, reason=reason)
-            self.show(f"[WARNING] rejected DM claiming to be from {printable(str(claimed)[:64])}: {reason}")
+            self._count("public_rejected" if public else "dm_rejected")
+            _log.info(
+                "Rejected a {what} claiming to be from {sender}: {reason}",
+                what=what,
+                sender=claimed,
+                reason=reason,
+            )
+            self.show(
+                f"[WARNING] rejected {what} claiming to be from {printable(str(claimed)[:64])}: {reason}"
+            )
 
         if not self.logged_in or self._key is None:
             return reject("received before login")
@@ -1256,13 +1216,22 @@ class ClientSession:
             return reject("malformed (ciphertext, content_sig or sender_pub missing)")
         if len(ciphertext) > _MAX_CIPHERTEXT_CHARS:
             return reject("ciphertext too long")
+        if public and (sender, content_sig) in self._public_seen:
+            self._count("public_duplicates")
+            return None  # the same frame again (a relay's repeat): shown once already
         try:
             sender_key = crypto.load_public_key(sender_pub)
         except crypto.BadKey as e:
             return reject(f"unusable sender key ({e.detail})")
-        if not crypto.verify_dm_content_sig(
-            sender_key, ciphertext, sender, envelope.to, envelope.ts, content_sig
-        ):
+        if public:
+            signed = crypto.verify_public_content_sig(
+                sender_key, ciphertext, sender, envelope.ts, content_sig
+            )
+        else:
+            signed = crypto.verify_dm_content_sig(
+                sender_key, ciphertext, sender, envelope.to, envelope.ts, content_sig
+            )
+        if not signed:
             return reject("invalid signature")
         check = self.pins.check_user(sender, sender_pub)
         self._seen_keys[sender] = sender_pub
@@ -1274,16 +1243,22 @@ class ClientSession:
         if check.status == NEW and sender != self.user_id:
             self.pins.pin_user(sender, sender_pub)
             self.show(f"[KEY] pinned the key of {sender} [{check.fingerprint}] (first contact)")
+        if public:
+            self._public_seen.append((sender, content_sig))
         key = self._key
 
         def decrypt(_: object) -> Deferred:
             done = self._workers.run(crypto.oaep_decrypt, key, ciphertext)
             done.addCallbacks(
-                self._decrypted, self._undecryptable, callbackArgs=(sender,), errbackArgs=(sender,)
+                self._decrypted,
+                self._undecryptable,
+                callbackArgs=(sender, public),
+                errbackArgs=(sender, public),
             )
             return done.addErrback(self._internal_error)
 
         self._inbox.addCallback(decrypt)
+        return None
 
     def _undecryptable(self, failure: Any, sender: str, public: bool = False) -> None:
         self._count("public_rejected" if public else "dm_rejected")
