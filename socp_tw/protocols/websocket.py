@@ -43,6 +43,20 @@ _HANDSHAKE_DATA = (
     "websocket_extensions",
     "_wskey",
 )
+
+
+class _SendQueue(list):
+    """Autobahn's queue of frames to send later, as a list: our frames never use it (they are
+    written directly, ``FastFrames._write_frame``), so it is empty for the life of a link, and
+    an empty ``deque`` holds a 64-slot block (~760 bytes a connection) where a list holds none.
+    Autobahn uses only ``len``, ``append`` and ``popleft``."""
+
+    __slots__ = ()
+
+    def popleft(self):
+        return self.pop(0)
+
+
 TRANSPORT_BUFFER = 64 * 1024  # Twisted's FileDescriptor.bufferSize: past it, producers are paused
 
 
@@ -169,6 +183,8 @@ class SOCPServerProtocol(FastFrames, WebSocketServerProtocol):
         for name in _HANDSHAKE_DATA:
             if hasattr(self, name):
                 setattr(self, name, None)
+        if not self.send_queue:
+            self.send_queue = _SendQueue()
         try:
             self.factory.hub.link_opened(self)
         except Exception:
@@ -243,6 +259,12 @@ class SOCPServerProtocol(FastFrames, WebSocketServerProtocol):
         return sender.held_bytes if sender is not None else 0
 
 
+def _as_class_attribute(value):
+    """A function stored on a class would become a method: keep an option that is one
+    (``perMessageCompressionAccept``) a plain function, as it is on the factory."""
+    return staticmethod(value) if callable(value) else value
+
+
 class SOCPServerFactory(WebSocketServerFactory):
     """Builds :class:`SOCPServerProtocol` for the listening port."""
 
@@ -265,3 +287,20 @@ class SOCPServerFactory(WebSocketServerFactory):
         self.flow_control_bounds_backlog = limits.max_send_queue_bytes > TRANSPORT_BUFFER + max_frame_bytes
         self.link_ids = itertools.count(1)
         tune_factory(self, max_frame_bytes)
+
+    def setProtocolOptions(self, **options) -> None:
+        super().setProtocolOptions(**options)
+        self._share_options()
+
+    def _share_options(self) -> None:
+        """Give the connections a protocol class that carries this factory's options.
+
+        Autobahn copies its ~30 options (sizes, timeouts, masking...) from the factory into
+        every connection's instance dict, unless the protocol class already has them: then
+        the connection reads the class's.  A subclass per factory holding the same values
+        keeps them once instead of once per connection (~1.5 KiB per connected user).
+        """
+        base = self.__dict__.get("_protocol_base") or self.protocol
+        self._protocol_base = base
+        options = {name: _as_class_attribute(getattr(self, name)) for name in base.CONFIG_ATTRS}
+        self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})

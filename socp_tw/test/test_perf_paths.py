@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
 from socp_tw.limits import DEFAULT_LIMITS
+from socp_tw.protocols.websocket import SOCPServerFactory, SOCPServerProtocol
 from socp_tw.services.files import send_backlog
 from socp_tw.services.hub import Hub
 from socp_tw.signer import FrameSigner, encode_signed_frame
 from socp_tw.test.keys import test_key
-from socp_tw.test.servers import open_server_link
+from socp_tw.test.servers import HANDSHAKE, open_server_link
 from socp_tw.testing import NeverSigner, SynchronousWorkers
 
 
@@ -96,3 +100,59 @@ class FlowControlledLinkTests(SynchronousTestCase):
             protocol.send(b'{"n":%d}' % n)
         self.assertEqual(hub.counters["closed.send_overflow"], 0)
         self.assertEqual(len(protocol._sender), 5)
+
+
+class PerConnectionStateTests(SynchronousTestCase):
+    """What each connected user costs the server: Autobahn's options are held once per factory,
+    and its (never used) send queue is an empty list, not a deque with a 64-slot block."""
+
+    def open(self, **factory_options):
+        hub = Hub(NeverSigner(), clock=Clock())
+        protocol, transport = open_server_link(self, hub, **factory_options)
+        return protocol, transport
+
+    def test_options_are_read_from_the_protocol_class_not_copied_per_connection(self) -> None:
+        protocol, _ = self.open(max_frame_bytes=5000)
+        copied = [name for name in protocol.CONFIG_ATTRS if name in vars(protocol)]
+        self.assertEqual(copied, [])
+        factory = protocol.factory
+        for name in protocol.CONFIG_ATTRS:
+            self.assertEqual(getattr(protocol, name), getattr(factory, name), name)
+        self.assertEqual((protocol.maxMessagePayloadSize, protocol.failByDrop), (5000, False))
+        self.assertIsInstance(protocol, SOCPServerProtocol)
+        # An option that is a function stays one: compression offers are refused, not a crash.
+        self.assertIsNone(protocol.perMessageCompressionAccept(["permessage-deflate"]))
+
+    def test_later_options_reach_later_connections(self) -> None:
+        protocol, _ = self.open()
+        factory = protocol.factory
+        factory.setProtocolOptions(closeHandshakeTimeout=9)
+        later = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5556))
+        # As with Autobahn's copies: a connection keeps the options it was made with.
+        self.assertEqual((later.closeHandshakeTimeout, protocol.closeHandshakeTimeout), (9, 5))
+        self.assertIs(type(later).__mro__[1], SOCPServerProtocol)  # one subclass, not a tower
+
+    def test_send_queue_is_an_empty_list_that_still_queues(self) -> None:
+        protocol, transport = self.open()
+        self.assertEqual((type(protocol.send_queue).__name__, len(protocol.send_queue)), ("_SendQueue", 0))
+        protocol.send_queue.append((b"a", True))
+        protocol.send_queue.append((b"b", False))
+        self.assertEqual(protocol.send_queue.popleft(), (b"a", True))
+        protocol.send_queue.popleft()
+        # A close handshake (Autobahn's own frames) still goes out through it.
+        protocol.close(1000, "bye")
+        self.assertIn(b"bye", transport.value())
+
+    def test_a_client_offering_compression_is_answered_without_it(self) -> None:
+        hub = Hub(NeverSigner(), clock=Clock())
+        factory = SOCPServerFactory("ws://127.0.0.1:9", hub)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5557))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionError("test over")))
+        offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        protocol.dataReceived(HANDSHAKE[:-2] + offer)
+        response = transport.value()
+        self.assertIn(b"101 Switching Protocols", response)
+        self.assertNotIn(b"permessage-deflate", response)
+        self.assertEqual(protocol.state, protocol.STATE_OPEN)
