@@ -214,7 +214,7 @@ def parse_envelope(data: bytes | str, max_bytes: int = MAX_FRAME_BYTES) -> Envel
     if text.startswith("\ufeff"):  # tolerate a byte-order mark
         text = text[1:]
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        obj = _DECODER.decode(text)
     except RecursionError:
         raise NotJSON("frame is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, our hooks, huge integer literals
@@ -236,6 +236,11 @@ def _parse_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number {text[:20]} is out of range")
     return value
+
+
+#: One decoder for every frame: ``json.loads`` with hooks builds a decoder (and its scanner) per
+#: call, ~1.5 us of a DM frame's ~9 us parse.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 
 
 def _check_tree(obj: object, field: str, check_strings: bool) -> None:
