@@ -286,28 +286,26 @@ class Hub(Service):
                 return
             self._auth_deadline(conn)
             return
-        self.counters["closed.identify_timeout"] += 1
-        self._log.info(
-            "Closed link {link} from {peer}: no identifying frame within {timeout:g} s",
-            link=link.link_id,
-            peer=link.peer,
-            timeout=self.limits.identify_timeout,
-        )
-        self._close(conn, f"no identifying frame within {self.limits.identify_timeout:g} s")
+        self._timed_out(conn, "identify_timeout", "no identifying frame", self.limits.identify_timeout)
 
     def _auth_deadline(self, conn: _Conn) -> None:
         conn.timer = None
         link = conn.link
         if self._conns.get(link.link_id) is not conn or link.role != "pending" or conn.closing:
             return
-        self.counters["closed.auth_timeout"] += 1
+        self._timed_out(conn, "auth_timeout", "not authenticated", self.limits.auth_timeout)
+
+    def _timed_out(self, conn: _Conn, counter: str, what: str, timeout: float) -> None:
+        """Close a pending link that missed a deadline: counted, logged, reason sent with the close."""
+        self.counters["closed." + counter] += 1
+        reason = f"{what} within {timeout:g} s"
         self._log.info(
-            "Closed link {link} from {peer}: not authenticated within {timeout:g} s",
-            link=link.link_id,
-            peer=link.peer,
-            timeout=self.limits.auth_timeout,
+            "Closed link {link} from {peer}: {reason}",
+            link=conn.link.link_id,
+            peer=conn.link.peer,
+            reason=reason,
         )
-        self._close(conn, f"not authenticated within {self.limits.auth_timeout:g} s")
+        self._close(conn, reason)
 
     def _close(self, conn: _Conn, reason: str) -> None:
         """Close a link for breaking a limit (1008); frames still arriving before it is gone are dropped."""
