@@ -30,7 +30,8 @@ class ClientApp(MultiService):
 
     ``session`` is the object the console drives; :meth:`quit` closes the WebSocket
     cleanly, stops everything and then calls ``on_stopped`` (the reactor's stop in
-    :func:`main`).
+    :func:`main`). ``tls_context`` says how a ``wss://`` server is verified (from
+    ``tls.client_context``; default: the system's trust store and the URL's host).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class ClientApp(MultiService):
         key_factory: Callable[[], RSAPrivateKey] = crypto.generate_private_key,
         retry_policy: Callable[[int], float] = DEFAULT_RETRY_POLICY,
         endpoint: Any = None,
+        tls_context: Any = None,
         **session_options: Any,
     ) -> None:
         super().__init__()
@@ -70,7 +72,12 @@ class ClientApp(MultiService):
             **session_options,
         )
         self.connection = Connection(
-            server_url, self.session, reactor, endpoint=endpoint, retry_policy=retry_policy
+            server_url,
+            self.session,
+            reactor,
+            endpoint=endpoint,
+            retry_policy=retry_policy,
+            tls_context=tls_context,
         )
         self.connection.setServiceParent(self)
         self.session.quit_hook = self.quit
@@ -93,6 +100,20 @@ class ClientApp(MultiService):
             return result
 
         return done.addBoth(finished)
+
+
+def app_from_options(config: Options, ui: Any, reactor: Any, **overrides: Any) -> ClientApp:
+    """The :class:`ClientApp` that parsed ``config`` describes (``overrides``: tests' keys, scrypt, ...)."""
+    return ClientApp(
+        config["server"],
+        config["pins-file"],
+        ui,
+        reactor,
+        password=config["password"],
+        tls_context=config["tls-context"],
+        download_dir=config["download-dir"],
+        **overrides,
+    )
 
 
 def _start_logging(path: str | None) -> None:
@@ -122,14 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     terminal = TerminalEcho.for_stdin()
     console = Console(interactive=interactive, echo=terminal, editing=terminal is not None)
     try:
-        app = ClientApp(
-            config["server"],
-            config["pins-file"],
-            console,
-            reactor,
-            password=config["password"],
-            download_dir=config["download-dir"],
-        )
+        app = app_from_options(config, console, reactor)
     except PinFileError as e:
         sys.stderr.write(f"socp-client: {e}\n")
         return 1

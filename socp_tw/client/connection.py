@@ -20,19 +20,24 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from socp_tw import __version__, wire
+from socp_tw import __version__, tls, wire
 from socp_tw.client.options import parse_server_url
 from socp_tw.logs import get_logger
 from socp_tw.protocols.websocket import close_link, tune_factory
 
 CLOSE_NORMAL = 1000
 CLOSE_TIMEOUT = 3.0
+CONNECT_TIMEOUT = 30.0
 
 #: Reconnect delays: 1, 2, 4 ... 30 s, plus up to 1 s of jitter so clients don't return in lockstep.
 DEFAULT_RETRY_POLICY: Callable[[int], float] = backoffPolicy(
@@ -51,6 +56,13 @@ class ClientProtocol(WebSocketClientProtocol):
 
     _log = get_logger("socp_tw.client.connection")
     _opened = False
+    _tls_failure: str | None = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._opened:
+            # Autobahn reports any drop before the upgrade as "closed uncleanly": keep the TLS reason.
+            self._tls_failure = tls_failure_reason(reason, self.factory.connection.host)
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self._opened = True
@@ -75,7 +87,7 @@ class ClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
-            self.factory.connection.protocol_closed(self, self._opened, code, reason)
+            self.factory.connection.protocol_closed(self, self._opened, code, self._tls_failure or reason)
         except Exception:
             self._log.failure("The client failed handling a closed connection")
 
@@ -116,12 +128,44 @@ class _ReportingEndpoint:
         return self._endpoint.connect(factory).addErrback(failed)
 
 
-def endpoint_for(reactor: Any, url: str) -> Any:
-    """A ``tcp:`` (ws://) or ``tls:`` (wss://, hostname verified) client endpoint for ``url``."""
+def endpoint_for(reactor: Any, url: str, tls_context: IOpenSSLClientConnectionCreator | None = None) -> Any:
+    """A client endpoint for ``url``: TCP for ws://, TLS for wss:// (every resolved address tried).
+
+    ``tls_context`` says how a wss:// server is verified (``tls.client_context``: a CA
+    file, SPKI pins, pin-only); by default the system's trust store and the URL's host.
+    """
     scheme, host, port = parse_server_url(url)
-    escaped = host.replace(":", "\\:")
-    kind = "tls" if scheme == "wss" else "tcp"
-    return endpoints.clientFromString(reactor, f"{kind}:host={escaped}:port={port}")
+    if scheme != "wss":
+        escaped = host.replace(":", "\\:")
+        return endpoints.clientFromString(reactor, f"tcp:host={escaped}:port={port}")
+    if tls_context is None:
+        tls_context = tls.client_context(host)
+    return tls.client_endpoint(reactor, host, port, tls_context, timeout=CONNECT_TIMEOUT)
+
+
+def tls_failure_reason(reason: Failure, host: str) -> str | None:
+    """Why the TLS handshake with the server failed, for the ``cannot connect`` line; ``None`` if it didn't.
+
+    Names the check that failed: the SPKI pin (with the key the server presented, as
+    :mod:`socp_tw.tls` reports it), the certificate's name, or its chain of trust.
+    """
+    error = reason.value
+    if isinstance(error, tls.SPKIPinMismatch):
+        return f"TLS: {error} (--server-pin)"
+    if isinstance(error, (VerificationError, CertificateError)):
+        return f"TLS: the server's certificate is not valid for {host}"
+    if isinstance(error, SSL.Error):
+        detail = _ssl_error_text(error)
+        if "certificate verify failed" in detail:
+            return f"TLS: the server's certificate is not trusted ({detail}); see --tls-ca and --server-pin"
+        return f"TLS handshake failed: {detail}"
+    return None
+
+
+def _ssl_error_text(error: SSL.Error) -> str:
+    """``certificate verify failed`` from pyOpenSSL's ``[(lib, func, reason), ...]``."""
+    items = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    return ", ".join(str(item[-1]) for item in items if isinstance(item, tuple) and item) or repr(error)
 
 
 class Connection(Service):
@@ -140,17 +184,19 @@ class Connection(Service):
         retry_policy: Callable[[int], float] = DEFAULT_RETRY_POLICY,
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         close_timeout: float = CLOSE_TIMEOUT,
+        tls_context: IOpenSSLClientConnectionCreator | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.url = url
+        self.host = parse_server_url(url)[1]
         self.session = session
         self._reactor = reactor
         self._policy = retry_policy
         self._close_timeout = close_timeout
         self.factory = ClientFactory(url, self, max_frame_bytes)
         self.factory.setSessionParameters(url=url)
-        self._endpoint = _ReportingEndpoint(endpoint or endpoint_for(reactor, url), self)
+        self._endpoint = _ReportingEndpoint(endpoint or endpoint_for(reactor, url, tls_context), self)
         self._client = ClientService(
             self._endpoint, self.factory, retryPolicy=self._retry_delay, clock=reactor
         )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from twisted.python import usage
+
+from socp_tw import tls
 
 _WS_URL = re.compile(r"^(ws|wss)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})/?$", re.IGNORECASE)
 
@@ -40,14 +43,15 @@ class Options(usage.Options):
     """Options of ``socp-client``."""
 
     synopsis = (
-        "Usage: socp-client --server ws://HOST:PORT [--download-dir DIR] [--password-file F] [--pins-file F]"
+        "Usage: socp-client --server ws[s]://HOST:PORT [--download-dir DIR] [--password-file F]"
+        " [--pins-file F] [--tls-ca PEM] [--server-pin PIN ...] [--pin-only]"
     )
     longdesc = (
         "A terminal client for a SOCP v1.3 server: register, log in, list online users and "
         "exchange end-to-end encrypted direct messages. Type /help once connected."
     )
     optParameters = [
-        ["server", "s", None, "The server to connect to: ws://HOST:PORT (required)."],
+        ["server", "s", None, "The server to connect to: ws://HOST:PORT or wss://HOST:PORT (required)."],
         ["download-dir", None, ".", "Directory where received files are saved."],
         [
             "password-file",
@@ -62,7 +66,33 @@ class Options(usage.Options):
             "Where keys of users and servers are pinned (default: " + default_pins_file() + ").",
         ],
         ["log-file", None, None, "Write the client's diagnostic log (no secrets) to this file."],
+        [
+            "tls-ca",
+            None,
+            None,
+            "Trust only this PEM CA file for a wss:// server (default: the system's trust store).",
+        ],
     ]
+    optFlags = [
+        [
+            "pin-only",
+            None,
+            "With --server-pin: the pin alone identifies the wss:// server (self-signed certificates;"
+            " CA, hostname and dates are not checked).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["server-pin"] = []
+
+    def opt_server_pin(self, pin: str) -> None:
+        """Repeatable: the wss:// server's TLS key must match one of these SPKI pins (sha256/... or hex)."""
+        try:
+            tls.parse_pin(pin)
+        except tls.TLSConfigError as e:
+            raise usage.UsageError(f"--server-pin: {e}") from None
+        self["server-pin"].append(pin.strip())
 
     def opt_version(self) -> None:
         """Print the socp-tw version and exit."""
@@ -90,6 +120,29 @@ class Options(usage.Options):
         if self["pins-file"] is None:
             self["pins-file"] = default_pins_file()
         self["pins-file"] = str(Path(self["pins-file"]).expanduser())
+        self["tls-context"] = self._tls_context()
+
+    def _tls_context(self) -> Any:
+        """How to verify a wss:// server (``None`` for ws://); ``UsageError`` for bad TLS options."""
+        scheme, host, _ = parse_server_url(self["server"])
+        ca_file, pins, pin_only = self["tls-ca"], self["server-pin"], self["pin-only"]
+        if scheme != "wss":
+            if ca_file or pins or pin_only:
+                raise usage.UsageError("--tls-ca, --server-pin and --pin-only need a wss:// --server")
+            return None
+        if pin_only and not pins:
+            raise usage.UsageError("--pin-only needs at least one --server-pin")
+        if pin_only and ca_file:
+            raise usage.UsageError(
+                "--tls-ca and --pin-only exclude each other (with --pin-only the pin alone identifies"
+                " the server)"
+            )
+        if ca_file:
+            ca_file = str(Path(ca_file).expanduser())
+        try:
+            return tls.client_context(host, ca_file, pins or None, pin_only=pin_only)
+        except tls.TLSConfigError as e:
+            raise usage.UsageError(f"--tls-ca: {e}" if ca_file else f"--server: {e}") from None
 
 
 def read_password_file(path: str) -> str:
