@@ -170,9 +170,16 @@ class IPeerLinks(Interface):
         """Send ``frame`` on every live server link except the one with link_id ``exclude``;
         return how many links it went to."""
 
-    def on_frame(type, handler):
+    def on_frame(type, handler, prepare=None):
         """Call ``handler(envelope, link)`` for every verified server frame of ``type``
-        (e.g. the router takes ``SERVER_DELIVER``)."""
+        (e.g. the router takes ``SERVER_DELIVER``).
+
+        ``prepare(envelope)``, if given, is called for such a frame addressed to this server
+        *before* its signature is checked, on a link that sent no bad signature lately: it may
+        start work that leaves nothing outside the server (a signature) and return a token
+        with a ``taken`` flag and a ``discard()`` method, or None.  If the frame verifies,
+        the handler is called as ``handler(envelope, link, token)``; if not, the token is
+        discarded and the handler never sees the frame."""
 
     counters = Attribute(
         "A ``collections.Counter`` of mesh events (links up/down, frames rejected, relayed ...),"

@@ -118,6 +118,7 @@ class FakePeerLinks:
         self.sent: list[tuple[str, bytes]] = []
         self.broadcasts: list[tuple[bytes, str | None]] = []
         self.handlers: dict[str, Callable[..., None]] = {}
+        self.preparers: dict[str, Callable[..., Any]] = {}
         self.counters: Counter[str] = Counter()
         self.observers: list[Callable[[], None]] = []
 
@@ -166,8 +167,12 @@ class FakePeerLinks:
             self.broadcasts.append((frame, exclude))
         return len(self.linked)
 
-    def on_frame(self, type: str, handler: Callable[..., None]) -> None:
+    def on_frame(
+        self, type: str, handler: Callable[..., None], prepare: Callable[..., Any] | None = None
+    ) -> None:
         self.handlers[type] = handler
+        if prepare is not None:
+            self.preparers[type] = prepare
 
     def sent_frames(self) -> list[tuple[str, dict]]:
         """(server_id, decoded frame) of everything sent to a server."""

@@ -335,6 +335,7 @@ class Mesh(Service):
         self._links: dict[str, _LinkState] = {}  # link_id -> state, every server link
         self._by_server: dict[str, _LinkState] = {}  # server_id -> the one live link
         self._handlers: dict[str, Callable[..., None]] = {}
+        self._preparers: dict[str, Callable[[wire.Envelope], Any]] = {}
         self._observers: list[Callable[[], None]] = []
         self._withdraw_timers: dict[str, IDelayedCall] = {}
         self._outgoing: Any = None
@@ -498,8 +499,12 @@ class Mesh(Service):
         state = self._by_server.get(server_id)
         return state.link if state is not None else None
 
-    def on_frame(self, type: str, handler: Callable[..., None]) -> None:
+    def on_frame(
+        self, type: str, handler: Callable[..., None], prepare: Callable[[wire.Envelope], Any] | None = None
+    ) -> None:
         self._handlers[type] = handler
+        if prepare is not None:
+            self._preparers[type] = prepare
 
     def add_change_observer(self, callback: Callable[[], None]) -> None:
         self._observers.append(callback)
@@ -1253,6 +1258,40 @@ class Mesh(Service):
                 self.counters["dropped.unknown_origin"] += 1
                 self._log.debug("Dropped {type} from unknown server {origin}", type=kind, origin=origin)
             return
+        prepared = self._prepare(state, envelope)
+        try:
+            self._checked_frame(state, envelope, known, body, seen_key, prepared)
+        finally:
+            if prepared is not None and not prepared.taken:
+                prepared.discard()
+
+    def _prepare(self, state: _LinkState, envelope: wire.Envelope) -> Any:
+        """Let the frame's handler start work that stays on this server (a signature) while the
+        frame's own signature is checked (``on_frame(prepare=...)``): only for a frame addressed
+        to us, on a link that sent no bad signature lately.  The handler gets what it started
+        only if the frame verifies; otherwise it is discarded, unused."""
+        prepare = self._preparers.get(envelope.type)
+        if prepare is None or envelope.to != self.server_id or state.failures:
+            return None
+        try:
+            return prepare(envelope)
+        except Exception:
+            self._log.failure(
+                "Preparing {type} from {origin} failed", type=envelope.type, origin=envelope.from_
+            )
+            return None
+
+    def _checked_frame(
+        self,
+        state: _LinkState,
+        envelope: wire.Envelope,
+        known: Any,
+        body: bytes | None,
+        seen_key: Any,
+        prepared: Any,
+    ) -> None:
+        kind = envelope.type
+        origin = envelope.from_
         if not self._verify(state, envelope, known.key, body):
             return
         if not state.healthy and origin == state.server_id:
@@ -1273,7 +1312,7 @@ class Mesh(Service):
         elif kind == "SERVER_HELLO_LINK" and origin == state.server_id:
             self._hello_again(state, envelope)
         elif kind in self._handlers:
-            self._routed(state, envelope)
+            self._routed(state, envelope, prepared)
         elif kind in ("SERVER_HELLO_JOIN", "SERVER_WELCOME", "SERVER_HELLO_LINK"):
             self.counters["dropped.late_handshake"] += 1
         else:
@@ -1458,7 +1497,7 @@ class Mesh(Service):
 
     # -- routed frames (SERVER_DELIVER, ERROR ...) ----------------------------------------------------
 
-    def _routed(self, state: _LinkState, envelope: wire.Envelope) -> None:
+    def _routed(self, state: _LinkState, envelope: wire.Envelope, prepared: Any = None) -> None:
         to = envelope.to
         if self._hosts_recipient(envelope):
             to = self.server_id  # forwarded to us unchanged (its ``to`` still names the first hop)
@@ -1480,8 +1519,14 @@ class Mesh(Service):
             return
         handler = self._handlers[envelope.type]
         try:
-            handler(envelope, state.link)
+            if prepared is None:
+                handler(envelope, state.link)
+            else:
+                prepared.taken = True  # the handler uses it or discards it
+                handler(envelope, state.link, prepared)
         except Exception:
+            if prepared is not None:
+                prepared.discard()
             self._log.failure(
                 "Handler of {type} from {origin} failed", type=envelope.type, origin=envelope.from_
             )

@@ -28,6 +28,33 @@ def _discard(result):
     return None
 
 
+class PreparedDelivery:
+    """A local user's copy of a SERVER_DELIVER, its signature started before the mesh had checked
+    the SERVER_DELIVER's (see :meth:`Router.prepare_delivery`).  The mesh sets ``taken`` when it
+    hands it to the router, and calls :meth:`discard` when it does not (a forged frame)."""
+
+    __slots__ = ("frame", "link", "taken")
+
+    def __init__(self, link: ILink, frame: Deferred) -> None:
+        self.link = link
+        self.frame: Deferred | None = frame
+        self.taken = False
+
+    def take(self, link: ILink) -> Deferred | None:
+        """The started frame, if it was made for ``link``; else it is discarded."""
+        frame, self.frame = self.frame, None
+        if frame is not None and link is not self.link:
+            frame.addBoth(_discard)
+            return None
+        return frame
+
+    def discard(self) -> None:
+        """Drop the frame unsent (idempotent)."""
+        frame, self.frame = self.frame, None
+        if frame is not None:
+            frame.addBoth(_discard)
+
+
 @implementer(IRouter)
 class Router(Service):
     """Route user content between local links and the mesh."""
@@ -55,7 +82,7 @@ class Router(Service):
         self.counters: dict[str, int] = {}
         # Origin servers whose deliveries are checked before signing: each sent one that failed.
         self._checked_first: set[str] = set()
-        self._peers.on_frame("SERVER_DELIVER", self.deliver_from_server)
+        self._peers.on_frame("SERVER_DELIVER", self.deliver_from_server, prepare=self.prepare_delivery)
         self._peers.on_frame("ERROR", self.error_from_server)
 
     def _count(self, name: str) -> None:
@@ -103,13 +130,22 @@ class Router(Service):
         sender: str,
         sender_pub: str,
         verified: Callable[[], bool] | None = None,
+        frame: Deferred | None = None,
     ) -> None:
-        payload = {**fields, "sender": sender, "sender_pub": sender_pub}
-        frame_type = "USER_DELIVER" if kind == "MSG_DIRECT" else kind
-        frame = self._signer.frame(frame_type, recipient, payload, ts=ts)
+        """Send a local user its copy; ``frame``: its signature, if already started."""
+        if frame is None:
+            frame = self._local_frame(kind, recipient, fields, ts, sender, sender_pub)
         self._check(verified, frame)
         link.send(frame)
         self._count("local")
+
+    def _local_frame(
+        self, kind: str, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str
+    ) -> Deferred:
+        """Start signing what a local recipient gets: USER_DELIVER for a DM, else the frame's own type."""
+        payload = {**fields, "sender": sender, "sender_pub": sender_pub}
+        frame_type = "USER_DELIVER" if kind == "MSG_DIRECT" else kind
+        return self._signer.frame(frame_type, recipient, payload, ts=ts)
 
     def _check(self, verified: Callable[[], bool] | None, frame: Deferred | None) -> None:
         """Run a content check deferred until the frame's signature was started (see ``route``);
@@ -122,23 +158,53 @@ class Router(Service):
         self._count("unverified")
         raise Unverified("the content signature does not verify")
 
-    def deliver_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
+    def _delivery(self, envelope: wire.Envelope) -> tuple[str, str, str, str, dict[str, Any]]:
+        """(kind, recipient, sender, sender_pub, fields) of a SERVER_DELIVER; a precise
+        :class:`wire.FrameError` for one that cannot be delivered as it is."""
+        payload = envelope.payload
+        kind = payload.get("type", "MSG_DIRECT")
+        if not isinstance(kind, str):
+            raise wire.BadFieldType("payload field 'type' must be a string", "type")
+        recipient = wire.require_uuid(payload, "user_id")
+        if "sender" not in payload:
+            raise ContentError("SERVER_DELIVER without sender cannot be verified")
+        sender = wire.require_uuid(payload, "sender")
+        sender_pub = wire.require_str(payload, "sender_pub", max_len=4096)
+        fields = extract_fields(kind, payload)
+        if self._ts_window_ms is not None:
+            check_ts_window(envelope.ts, self._now_ms(), self._ts_window_ms)
+        return kind, recipient, sender, sender_pub, fields
+
+    def prepare_delivery(self, envelope: wire.Envelope) -> PreparedDelivery | None:
+        """Start signing the USER_DELIVER of a SERVER_DELIVER for a local user while the mesh
+        still checks the SERVER_DELIVER's own signature (``IPeerLinks.on_frame(prepare=...)``).
+
+        Nothing leaves the server here: the frame goes to a link only from
+        :meth:`deliver_from_server`, which the mesh calls only if the signature verifies, and
+        only after the content check.  None (nothing started) for anything else: a frame that
+        is not well formed, a recipient who is not ours, an origin that sent a forgery."""
+        if envelope.from_ in self._checked_first:
+            return None
+        try:
+            kind, recipient, sender, sender_pub, fields = self._delivery(envelope)
+        except wire.FrameError:
+            return None  # deliver_from_server reports it, once the frame is known to be genuine
+        entry = self._presence.lookup(recipient)
+        if entry is None or not entry.local:
+            return None
+        frame = self._local_frame(kind, recipient, fields, envelope.ts, sender, sender_pub)
+        return PreparedDelivery(entry.link, frame)
+
+    def deliver_from_server(
+        self, envelope: wire.Envelope, origin_link: ILink, prepared: PreparedDelivery | None = None
+    ) -> None:
         payload = envelope.payload
         origin = envelope.from_
-        kind = payload.get("type", "MSG_DIRECT")
         try:
-            if not isinstance(kind, str):
-                kind = "MSG_DIRECT"
-                raise wire.BadFieldType("payload field 'type' must be a string", "type")
-            recipient = wire.require_uuid(payload, "user_id")
-            if "sender" not in payload:
-                raise ContentError("SERVER_DELIVER without sender cannot be verified")
-            sender = wire.require_uuid(payload, "sender")
-            sender_pub = wire.require_str(payload, "sender_pub", max_len=4096)
-            fields = extract_fields(kind, payload)
-            if self._ts_window_ms is not None:
-                check_ts_window(envelope.ts, self._now_ms(), self._ts_window_ms)
+            kind, recipient, sender, sender_pub, fields = self._delivery(envelope)
         except wire.FrameError as error:
+            if prepared is not None:
+                prepared.discard()
             self._count("bad_deliver")
             self._log.warn(
                 "Refused SERVER_DELIVER from server {origin}: {code} {detail}",
@@ -170,8 +236,10 @@ class Router(Service):
                 return True
 
             # Sign while checking (see ``route``), unless this origin already sent a frame that
-            # failed the check: then one wasted signature per origin server at most.
-            sign_ahead = origin not in self._checked_first
+            # failed the check: then one wasted signature per origin server at most.  The
+            # signature may have started even before the mesh checked the frame (``prepared``).
+            started = prepared.take(entry.link) if prepared is not None else None
+            sign_ahead = started is not None or origin not in self._checked_first
             try:
                 if sign_ahead or content_ok():
                     self._deliver_local(
@@ -183,6 +251,7 @@ class Router(Service):
                         sender,
                         sender_pub,
                         content_ok if sign_ahead else None,
+                        started,
                     )
                     return
             except Unverified:
@@ -196,6 +265,8 @@ class Router(Service):
             )
             self._error_to_server(origin, "INVALID_SIG", refused[0].detail, payload)
             return
+        if prepared is not None:
+            prepared.discard()
         if entry is not None and entry.server_id != origin:
             raw = wire.encode_frame(
                 envelope.type, envelope.from_, envelope.to, envelope.ts, envelope.payload, envelope.sig

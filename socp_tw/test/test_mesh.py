@@ -1002,6 +1002,97 @@ class RoutingTests(MeshTestCase):
         self.assertEqual(self.mesh.connected_servers(), [S1, S2])
 
 
+class PreparedWhileVerifyingTests(MeshTestCase):
+    """``on_frame(prepare=...)``: a handler may start work (a signature) while the frame's own
+    signature is checked; it gets that work only if the frame verifies."""
+
+    class Token:
+        def __init__(self, envelope: wire.Envelope) -> None:
+            self.envelope, self.taken, self.discarded = envelope, False, 0
+
+        def discard(self) -> None:
+            self.discarded += 1
+
+    deliver = RoutingTests.deliver
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.l1, self.l2 = self.link_in(S1), self.link_in(S2)
+        self.handled: list[tuple] = []
+        self.tokens: list[PreparedWhileVerifyingTests.Token] = []
+        self.events: list[str] = []
+        verify = self.mesh._verify
+
+        def recording_verify(*args, **kwargs):
+            self.events.append("verify")
+            return verify(*args, **kwargs)
+
+        self.patch(self.mesh, "_verify", recording_verify)
+
+        def prepare(envelope: wire.Envelope) -> PreparedWhileVerifyingTests.Token:
+            self.events.append("prepare")
+            self.tokens.append(self.Token(envelope))
+            return self.tokens[-1]
+
+        def handle(envelope: wire.Envelope, link: FakeLink, token=None) -> None:
+            self.events.append("handle")
+            self.handled.append((envelope, link, token))
+
+        self.mesh.on_frame("SERVER_DELIVER", handle, prepare=prepare)
+
+    def test_prepared_before_the_check_and_handed_over_after_it(self) -> None:
+        self.receive(self.l1, self.deliver(S1, HERE))
+        self.assertEqual(self.events, ["prepare", "verify", "handle"])
+        [(envelope, link, token)] = self.handled
+        self.assertIs(token, self.tokens[0])
+        self.assertEqual((token.taken, token.discarded, link), (True, 0, self.l1))
+        self.assertEqual(envelope.from_, S1)
+
+    def test_a_forged_frame_never_reaches_the_handler_and_its_token_is_discarded(self) -> None:
+        self.receive(self.l1, self.deliver(S1, HERE, signer=S2))
+        self.assertEqual(self.events, ["prepare", "verify"])
+        self.assertEqual((self.handled, self.tokens[0].discarded), ([], 1))
+        self.assertEqual(self.mesh.counters["verify_failed"], 1)
+        # That link sent a bad signature lately: its frames are checked before anything starts.
+        self.events.clear()
+        self.receive(self.l1, self.deliver(S1, HERE, ts=self.now() + 1))
+        self.assertEqual(self.events, ["verify", "handle"])
+        self.assertIsNone(self.handled[0][2])
+
+    def test_only_frames_addressed_to_us_are_prepared(self) -> None:
+        self.receive(self.l1, self.deliver(S1, S2))  # relayed on, not ours
+        self.assertEqual((self.events, self.tokens), (["verify"], []))
+
+    def test_a_duplicate_is_not_prepared_again(self) -> None:
+        data = self.deliver(S1, HERE)
+        self.receive(self.l1, data)
+        self.receive(self.l2, data)
+        self.assertEqual(self.events, ["prepare", "verify", "handle"])
+
+    def test_a_failing_handler_discards_the_token(self) -> None:
+        def broken(envelope, link, token=None) -> None:
+            raise ZeroDivisionError()
+
+        tokens = []
+        self.mesh.on_frame(
+            "SERVER_DELIVER",
+            broken,
+            prepare=lambda envelope: tokens.append(self.Token(envelope)) or tokens[-1],
+        )
+        self.receive(self.l1, self.deliver(S1, HERE))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual((tokens[0].taken, tokens[0].discarded), (True, 1))
+
+    def test_a_failing_prepare_is_contained(self) -> None:
+        def broken(envelope):
+            raise ZeroDivisionError()
+
+        self.mesh.on_frame("SERVER_DELIVER", lambda envelope, link: self.handled.append(link), prepare=broken)
+        self.receive(self.l1, self.deliver(S1, HERE))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.handled, [self.l1])  # handled as a frame with nothing prepared
+
+
 # -- three real meshes in memory: multi-hop and gossip loops ---------------------------------------
 
 

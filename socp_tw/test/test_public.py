@@ -276,8 +276,8 @@ class NetLinks:
         self.net.broadcasts.append((self.server_id, frame))
         return len(peers)
 
-    def on_frame(self, type: str, handler: Callable) -> None:
-        self.handlers[type] = handler
+    def on_frame(self, type: str, handler: Callable, prepare: Callable | None = None) -> None:
+        self.handlers[type] = handler  # frames here arrive verified: nothing is prepared ahead
 
     def add_change_observer(self, callback: Callable[[], None]) -> None:
         self.observers.append(callback)

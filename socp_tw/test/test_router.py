@@ -347,3 +347,52 @@ class SignWhileCheckingTests(SynchronousTestCase):
         self.assertEqual(self.events[7:], ["check", "sign USER_DELIVER"])
         self.assertEqual(len(self.bob_link.sent), 2)
         self.assertEqual([e["payload"]["code"] for _, e in self.peers.sent_frames()], ["INVALID_SIG"] * 2)
+
+    def test_a_prepared_delivery_is_signed_once_and_sent_after_the_content_check(self) -> None:
+        self.record_content_checks()
+        payload = {"user_id": BOB, **dm_fields(), "sender": ALICE, "sender_pub": ALICE_PUB}
+        envelope = wire.Envelope("SERVER_DELIVER", OTHER, HERE, TS, payload, "checked-by-the-mesh")
+        prepared = self.router.prepare_delivery(envelope)  # before the mesh checked the frame
+        self.assertEqual((self.events, self.bob_link.sent), (["sign USER_DELIVER"], []))
+        self.router.deliver_from_server(envelope, FakeLink("other", "server", OTHER), prepared)
+        self.assertEqual(self.events, ["sign USER_DELIVER", "check"])  # not signed twice
+        [frame] = self.bob_link.frames()
+        self.assertEqual((frame["type"], frame["payload"]["sender"]), ("USER_DELIVER", ALICE))
+
+    def test_a_prepared_delivery_that_fails_the_content_check_is_dropped(self) -> None:
+        payload = {
+            "user_id": BOB,
+            **dm_fields(sender_key_name="bob"),
+            "sender": ALICE,
+            "sender_pub": ALICE_PUB,
+        }
+        envelope = wire.Envelope("SERVER_DELIVER", OTHER, HERE, TS, payload, "checked-by-the-mesh")
+        prepared = self.router.prepare_delivery(envelope)
+        self.router.deliver_from_server(envelope, FakeLink("other", "server", OTHER), prepared)
+        self.assertEqual(self.bob_link.sent, [])
+        [(_, error)] = self.peers.sent_frames()
+        self.assertEqual(error["payload"]["code"], "INVALID_SIG")
+        self.assertIsNone(self.router.prepare_delivery(envelope))  # that origin is checked first now
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_nothing_is_prepared_for_what_would_not_be_delivered_here(self) -> None:
+        def envelope(**changes) -> wire.Envelope:
+            payload = {"user_id": BOB, **dm_fields(), "sender": ALICE, "sender_pub": ALICE_PUB, **changes}
+            return wire.Envelope("SERVER_DELIVER", OTHER, HERE, TS, payload, "s")
+
+        self.assertIsNone(self.router.prepare_delivery(envelope(user_id=CAROL)))  # not ours
+        self.assertIsNone(self.router.prepare_delivery(envelope(user_id="nope")))  # malformed
+        self.assertIsNone(self.router.prepare_delivery(envelope(sender=None)))
+        self.assertEqual(self.events, [])
+
+    def test_a_prepared_delivery_not_used_is_discarded_quietly(self) -> None:
+        payload = {"user_id": BOB, **dm_fields(), "sender": ALICE, "sender_pub": ALICE_PUB}
+        envelope = wire.Envelope("SERVER_DELIVER", OTHER, HERE, TS, payload, "s")
+        prepared = self.router.prepare_delivery(envelope)
+        prepared.discard()
+        prepared.discard()
+        self.assertIsNone(prepared.take(self.bob_link))
+        self.assertEqual((self.bob_link.sent, self.flushLoggedErrors()), ([], []))
+        # Made for a link that is gone by the time the frame is handled: not used.
+        other = self.router.prepare_delivery(envelope)
+        self.assertIsNone(other.take(FakeLink("new-bob", "user", BOB)))
