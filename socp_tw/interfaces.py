@@ -177,9 +177,9 @@ class IPeerLinks(Interface):
         ``prepare(envelope)``, if given, is called for such a frame addressed to this server
         *before* its signature is checked, on a link that sent no bad signature lately: it may
         start work that leaves nothing outside the server (a signature) and return a token
-        with a ``taken`` flag and a ``discard()`` method, or None.  If the frame verifies,
-        the handler is called as ``handler(envelope, link, token)``; if not, the token is
-        discarded and the handler never sees the frame."""
+        with a ``discard()`` method (a no-op once the handler has used the work), or None.
+        If the frame verifies, the handler is called as ``handler(envelope, link, token)``;
+        if not, it never sees the frame.  Either way the token is discarded afterwards."""
 
     counters = Attribute(
         "A ``collections.Counter`` of mesh events (links up/down, frames rejected, relayed ...),"

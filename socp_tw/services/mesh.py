@@ -1262,14 +1262,14 @@ class Mesh(Service):
         try:
             self._checked_frame(state, envelope, known, body, seen_key, prepared)
         finally:
-            if prepared is not None and not prepared.taken:
-                prepared.discard()
+            if prepared is not None:
+                prepared.discard()  # a no-op once the handler used it
 
     def _prepare(self, state: _LinkState, envelope: wire.Envelope) -> Any:
         """Let the frame's handler start work that stays on this server (a signature) while the
         frame's own signature is checked (``on_frame(prepare=...)``): only for a frame addressed
         to us, on a link that sent no bad signature lately.  The handler gets what it started
-        only if the frame verifies; otherwise it is discarded, unused."""
+        only if the frame verifies; whatever it did not use is discarded after it."""
         prepare = self._preparers.get(envelope.type)
         if prepare is None or envelope.to != self.server_id or state.failures:
             return None
@@ -1522,11 +1522,8 @@ class Mesh(Service):
             if prepared is None:
                 handler(envelope, state.link)
             else:
-                prepared.taken = True  # the handler uses it or discards it
                 handler(envelope, state.link, prepared)
         except Exception:
-            if prepared is not None:
-                prepared.discard()
             self._log.failure(
                 "Handler of {type} from {origin} failed", type=envelope.type, origin=envelope.from_
             )

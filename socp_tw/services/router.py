@@ -30,15 +30,15 @@ def _discard(result):
 
 class PreparedDelivery:
     """A local user's copy of a SERVER_DELIVER, its signature started before the mesh had checked
-    the SERVER_DELIVER's (see :meth:`Router.prepare_delivery`).  The mesh sets ``taken`` when it
-    hands it to the router, and calls :meth:`discard` when it does not (a forged frame)."""
+    the SERVER_DELIVER's (see :meth:`Router.prepare_delivery`).  The router takes the frame from
+    it (:meth:`take`); the mesh then calls :meth:`discard`, which drops it if nobody did (a
+    forged frame, a failing handler)."""
 
-    __slots__ = ("frame", "link", "taken")
+    __slots__ = ("frame", "link")
 
     def __init__(self, link: ILink, frame: Deferred) -> None:
         self.link = link
         self.frame: Deferred | None = frame
-        self.taken = False
 
     def take(self, link: ILink) -> Deferred | None:
         """The started frame, if it was made for ``link``; else it is discarded."""
@@ -49,7 +49,7 @@ class PreparedDelivery:
         return frame
 
     def discard(self) -> None:
-        """Drop the frame unsent (idempotent)."""
+        """Drop the frame unsent, unless it was taken (idempotent)."""
         frame, self.frame = self.frame, None
         if frame is not None:
             frame.addBoth(_discard)
@@ -237,9 +237,10 @@ class Router(Service):
 
             # Sign while checking (see ``route``), unless this origin already sent a frame that
             # failed the check: then one wasted signature per origin server at most.  The
-            # signature may have started even before the mesh checked the frame (``prepared``).
+            # signature may have started even before the mesh checked the frame (``prepared``,
+            # never made for an origin that is checked first).
             started = prepared.take(entry.link) if prepared is not None else None
-            sign_ahead = started is not None or origin not in self._checked_first
+            sign_ahead = origin not in self._checked_first
             try:
                 if sign_ahead or content_ok():
                     self._deliver_local(

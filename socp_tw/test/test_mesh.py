@@ -1008,10 +1008,14 @@ class PreparedWhileVerifyingTests(MeshTestCase):
 
     class Token:
         def __init__(self, envelope: wire.Envelope) -> None:
-            self.envelope, self.taken, self.discarded = envelope, False, 0
+            self.envelope, self.used, self.discarded = envelope, False, 0
+
+        def use(self) -> None:
+            self.used = True
 
         def discard(self) -> None:
-            self.discarded += 1
+            if not self.used:  # like PreparedDelivery: a no-op once the work was used
+                self.discarded += 1
 
     deliver = RoutingTests.deliver
 
@@ -1037,6 +1041,8 @@ class PreparedWhileVerifyingTests(MeshTestCase):
         def handle(envelope: wire.Envelope, link: FakeLink, token=None) -> None:
             self.events.append("handle")
             self.handled.append((envelope, link, token))
+            if token is not None:
+                token.use()
 
         self.mesh.on_frame("SERVER_DELIVER", handle, prepare=prepare)
 
@@ -1045,7 +1051,7 @@ class PreparedWhileVerifyingTests(MeshTestCase):
         self.assertEqual(self.events, ["prepare", "verify", "handle"])
         [(envelope, link, token)] = self.handled
         self.assertIs(token, self.tokens[0])
-        self.assertEqual((token.taken, token.discarded, link), (True, 0, self.l1))
+        self.assertEqual((token.used, token.discarded, link), (True, 0, self.l1))
         self.assertEqual(envelope.from_, S1)
 
     def test_a_forged_frame_never_reaches_the_handler_and_its_token_is_discarded(self) -> None:
@@ -1070,7 +1076,10 @@ class PreparedWhileVerifyingTests(MeshTestCase):
         self.assertEqual(self.events, ["prepare", "verify", "handle"])
 
     def test_a_failing_handler_discards_the_token(self) -> None:
+        received = []
+
         def broken(envelope, link, token=None) -> None:
+            received.append(token)
             raise ZeroDivisionError()
 
         tokens = []
@@ -1081,7 +1090,8 @@ class PreparedWhileVerifyingTests(MeshTestCase):
         )
         self.receive(self.l1, self.deliver(S1, HERE))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
-        self.assertEqual((tokens[0].taken, tokens[0].discarded), (True, 1))
+        self.assertEqual(received, tokens)  # handed to the handler, which failed before using it
+        self.assertEqual(tokens[0].discarded, 1)
 
     def test_a_failing_prepare_is_contained(self) -> None:
         def broken(envelope):

@@ -356,6 +356,7 @@ class SignWhileCheckingTests(SynchronousTestCase):
         self.assertEqual((self.events, self.bob_link.sent), (["sign USER_DELIVER"], []))
         self.router.deliver_from_server(envelope, FakeLink("other", "server", OTHER), prepared)
         self.assertEqual(self.events, ["sign USER_DELIVER", "check"])  # not signed twice
+        self.assertIsNone(prepared.frame)  # taken: the mesh's discard() afterwards drops nothing
         [frame] = self.bob_link.frames()
         self.assertEqual((frame["type"], frame["payload"]["sender"]), ("USER_DELIVER", ALICE))
 
