@@ -32,6 +32,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
 from socp_tw.logs import get_logger
+from socp_tw.timers import repeating, stop_repeating
 
 __all__ = ["DEFAULT_INTERVAL", "DEFAULT_THRESHOLD", "MemoryTrimmer", "load_malloc_trim", "rss_bytes"]
 
@@ -105,14 +106,11 @@ class MemoryTrimmer(Service):
             _log.info("Memory trimming is off: no glibc malloc_trim or no /proc/self/statm here")
             return
         self._baseline = self._rss()
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self._clock
-        self._loop.start(self.interval, now=False)
+        self._loop = repeating(self._clock, self.interval, self.check)
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        stop_repeating(self._loop)
         self._loop = None
 
     def check(self) -> bool:

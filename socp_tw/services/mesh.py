@@ -44,6 +44,7 @@ from socp_tw.interfaces import (
 from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter
 from socp_tw.logs import get_logger
 from socp_tw.protocols.links import copies_of
+from socp_tw.timers import repeating, stop_repeating
 
 PEERS_FILE = "peers.json"
 
@@ -1061,9 +1062,7 @@ class Mesh(Service):
         dialer = self._dialers.get(server_id)
         if dialer is not None and dialer is not state.dialer:
             dialer.pause()
-        state.heartbeat = LoopingCall(self._heartbeat, state)
-        state.heartbeat.clock = self._clock
-        state.heartbeat.start(self.heartbeat_interval, now=True)
+        state.heartbeat = repeating(self._clock, self.heartbeat_interval, self._heartbeat, state, now=True)
         self._arm_dead_timer(state)
         for entry in self._presence.local_entries():
             state.link.send(self._advertise_frame(entry))
@@ -1118,8 +1117,7 @@ class Mesh(Service):
         self._changed()
 
     def _stop_timers(self, state: _LinkState) -> None:
-        if state.heartbeat is not None and state.heartbeat.running:
-            state.heartbeat.stop()
+        stop_repeating(state.heartbeat)
         state.heartbeat = None
         if state.dead_timer is not None and state.dead_timer.active():
             state.dead_timer.cancel()

@@ -62,6 +62,7 @@ from socp_tw.interfaces import (
 )
 from socp_tw.logs import get_logger
 from socp_tw.protocols.links import copies_of
+from socp_tw.timers import repeating, stop_repeating
 
 if TYPE_CHECKING:
     from socp_tw.services.users import UserSide
@@ -417,8 +418,7 @@ class PublicChannel(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        stop_repeating(self._sweeper)
         self._cancel_watchdog()
         self._cancel_rekey_timer()
         if self._push_timer is not None and self._push_timer.active():
@@ -456,9 +456,7 @@ class PublicChannel(Service):
         for work in waiting:
             self._safely(work)
         self._sweep()
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = self._clock
-        self._sweeper.start(self.sweep_interval, now=False)
+        self._sweeper = repeating(self._clock, self.sweep_interval, self._sweep)
         self._mesh_changed()
 
     def _load_failed(self, failure: Failure) -> None:

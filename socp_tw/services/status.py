@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 
 from socp_tw.interfaces import IPeerLinks, IPresence
 from socp_tw.logs import get_logger
+from socp_tw.timers import repeating, stop_repeating
 
 #: Mesh counters that mean "a peer sent something we refused" (see docs/MESH.md).
 REJECTED_COUNTERS = ("verify_failed", "key_refused", "dropped.bad_gossip", "cut_off")
@@ -76,14 +77,11 @@ class StatusReporter(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.report)
-        self._loop.clock = self._clock
-        self._loop.start(self.interval, now=False)
+        self._loop = repeating(self._clock, self.interval, self.report)
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        stop_repeating(self._loop)
         self._loop = None
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
