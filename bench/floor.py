@@ -105,41 +105,83 @@ def _per_call(f: Callable[[], object], rounds: int) -> float:
     return statistics.median(samples)
 
 
-def _sign_flat_out(key_der: bytes, data: bytes, seconds: float, barrier, results) -> None:
-    """One process: sign ``data`` until ``seconds`` after the barrier; report (count, CPU seconds)."""
+def _sign_on_request(key_der: bytes, data: bytes, commands, barrier, results) -> None:
+    """One process: for each ``seconds`` read from ``commands``, sign ``data`` flat out from the
+    barrier until that long after it and report (count, CPU seconds); stop on ``None``."""
     key = crypto.load_private_key(key_der)
     key.sign(data, crypto._PSS_SEND, crypto._SHA256)  # warm: first use loads OpenSSL's tables
-    barrier.wait()
-    stop = time.perf_counter() + seconds
-    cpu = time.thread_time()
-    count = 0
-    while time.perf_counter() < stop:
-        key.sign(data, crypto._PSS_SEND, crypto._SHA256)
-        count += 1
-    results.put((count, time.thread_time() - cpu))
+    while (seconds := commands.recv()) is not None:
+        barrier.wait()
+        stop = time.perf_counter() + seconds
+        cpu = time.thread_time()
+        count = 0
+        while time.perf_counter() < stop:
+            key.sign(data, crypto._PSS_SEND, crypto._SHA256)
+            count += 1
+        results.put((count, time.thread_time() - cpu))
+
+
+class SigningProcesses:
+    """One process per core, kept waiting, that all sign flat out at once when asked.
+
+    Separate processes, so neither the GIL nor a pool is measured.  Kept alive so that a
+    benchmark can take this part of the floor many times *during* its run (between slices
+    of its workload) without paying for spawning them each time."""
+
+    def __init__(self, key, data: bytes, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._barrier = context.Barrier(processes + 1)
+        self._results = context.Queue()
+        key_der = crypto.private_key_to_pkcs8_der(key)
+        self._commands = []
+        self._workers = []
+        for _ in range(processes):
+            ours, theirs = context.Pipe()
+            arguments = (key_der, data, theirs, self._barrier, self._results)
+            worker = context.Process(target=_sign_on_request, args=arguments, daemon=True)
+            worker.start()
+            self._commands.append(ours)
+            self._workers.append(worker)
+
+    def measure(self, seconds: float) -> tuple[float, float]:
+        """(CPU seconds per signature, signatures per wall second) with every process signing
+        for ~``seconds`` (blocks the caller that long)."""
+        for command in self._commands:
+            command.send(seconds)
+        self._barrier.wait(timeout=60)
+        started = time.perf_counter()
+        reports = [self._results.get(timeout=60 + seconds) for _ in self._workers]
+        wall = time.perf_counter() - started
+        per_signature = statistics.median(cpu / count for count, cpu in reports if count)
+        return per_signature, sum(count for count, _ in reports) / wall
+
+    def close(self) -> None:
+        for command in self._commands:
+            command.send(None)
+        for worker in self._workers:
+            worker.join(timeout=10)
+
+
+def signing_data(key) -> bytes:
+    """A USER_DELIVER-sized payload, canonical: what a server signs per message."""
+    return wire.canonical(
+        {
+            "ciphertext": wire.b64u_encode(os.urandom(512)),
+            "sender": wire.new_uuid4(),
+            "sender_pub": crypto.encode_public_key(key),
+            "content_sig": wire.b64u_encode(os.urandom(512)),
+        }
+    )
 
 
 def _all_cores_signing(key, data: bytes, processes: int, seconds: float) -> tuple[float, float]:
     """(CPU seconds per signature, signatures per wall second) with ``processes`` processes signing
-    flat out at once for ~``seconds``: separate processes, so neither the GIL nor a pool is measured."""
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes + 1)
-    results = context.Queue()
-    key_der = crypto.private_key_to_pkcs8_der(key)
-    workers = [
-        context.Process(target=_sign_flat_out, args=(key_der, data, seconds, barrier, results), daemon=True)
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    barrier.wait(timeout=60)
-    started = time.perf_counter()
-    reports = [results.get(timeout=60 + seconds) for _ in workers]
-    wall = time.perf_counter() - started
-    for worker in workers:
-        worker.join(timeout=10)
-    per_signature = statistics.median(cpu / count for count, cpu in reports if count)
-    return per_signature, sum(count for count, _ in reports) / wall
+    flat out at once for ~``seconds``."""
+    signers = SigningProcesses(key, data, processes)
+    try:
+        return signers.measure(seconds)
+    finally:
+        signers.close()
 
 
 _KEY = None
@@ -159,14 +201,7 @@ def path_sampler(signs: int, verifies: int, key=None) -> Callable[[], float]:
     *during* its run, between messages, so that the floor sees the machine as the servers did."""
     key = key or bench_key()
     public = key.public_key()
-    data = wire.canonical(
-        {
-            "ciphertext": wire.b64u_encode(os.urandom(512)),
-            "sender": wire.new_uuid4(),
-            "sender_pub": crypto.encode_public_key(key),
-            "content_sig": wire.b64u_encode(os.urandom(512)),
-        }
-    )
+    data = signing_data(key)
     sig = crypto.pss_sign(key, data)
 
     def sample() -> float:
@@ -184,14 +219,7 @@ def measure(key=None, parallel_seconds: float = 1.0) -> Floor:
     """Time each operation now (about 2 s in all)."""
     key = key or bench_key()
     public = key.public_key()
-    # A USER_DELIVER-sized payload: what a server signs per message.
-    payload = {
-        "ciphertext": wire.b64u_encode(os.urandom(512)),
-        "sender": wire.new_uuid4(),
-        "sender_pub": crypto.encode_public_key(key),
-        "content_sig": wire.b64u_encode(os.urandom(512)),
-    }
-    data = wire.canonical(payload)
+    data = signing_data(key)
     sig = crypto.pss_sign(key, data)
     block = os.urandom(crypto.OAEP_MAX_PLAINTEXT)
     ciphertext = crypto.oaep_encrypt(public, block)
