@@ -98,7 +98,7 @@ async def main(reactor, options) -> None:
                 start, sender = entry
                 delivered.append((now, now - start))
                 sender.in_flight -= 1
-                pump()
+                send_from(sender, now)
         elif kind == "USER_ADVERTISE":
             seen.setdefault(user.user_id, set()).add(frame["payload"]["user_id"])
         elif kind == "ERROR":
@@ -107,16 +107,20 @@ async def main(reactor, options) -> None:
     senders: list[Sender] = []
 
     def pump() -> None:
-        if state["paused"]:
-            return
+        """Every sender sends what its window and tokens allow (the ticker, and after a pause)."""
         now = time.perf_counter()
         for sender in senders:
-            while sender.can_send(now, state["window"]):
-                ciphertext, frame = sender.queue.popleft()
-                sender.tokens -= 1
-                sender.in_flight += 1
-                sent_at[ciphertext] = (now, sender)
-                sender.user.send(frame)
+            send_from(sender, now)
+
+    def send_from(sender: Sender, now: float) -> None:
+        if state["paused"]:
+            return
+        while sender.can_send(now, state["window"]):
+            ciphertext, frame = sender.queue.popleft()
+            sender.tokens -= 1
+            sender.in_flight += 1
+            sent_at[ciphertext] = (now, sender)
+            sender.user.send(frame)
 
     users: list[RawUser] = []
     ticker = task.LoopingCall(pump)

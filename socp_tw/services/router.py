@@ -32,13 +32,16 @@ class PreparedDelivery:
     """A local user's copy of a SERVER_DELIVER, its signature started before the mesh had checked
     the SERVER_DELIVER's (see :meth:`Router.prepare_delivery`).  The router takes the frame from
     it (:meth:`take`); the mesh then calls :meth:`discard`, which drops it if nobody did (a
-    forged frame, a failing handler)."""
+    forged frame, a failing handler).  It also keeps what the router read from the frame's
+    payload for it (``delivery``), so the frame is not validated a second time."""
 
-    __slots__ = ("frame", "link")
+    __slots__ = ("delivery", "envelope", "frame", "link")
 
-    def __init__(self, link: ILink, frame: Deferred) -> None:
+    def __init__(self, link: ILink, frame: Deferred, envelope: wire.Envelope, delivery: tuple) -> None:
         self.link = link
         self.frame: Deferred | None = frame
+        self.envelope = envelope
+        self.delivery = delivery
 
     def take(self, link: ILink) -> Deferred | None:
         """The started frame, if it was made for ``link``; else it is discarded."""
@@ -186,14 +189,15 @@ class Router(Service):
         if envelope.from_ in self._checked_first:
             return None
         try:
-            kind, recipient, sender, sender_pub, fields = self._delivery(envelope)
+            delivery = self._delivery(envelope)
         except wire.FrameError:
             return None  # deliver_from_server reports it, once the frame is known to be genuine
+        kind, recipient, sender, sender_pub, fields = delivery
         entry = self._presence.lookup(recipient)
         if entry is None or not entry.local:
             return None
         frame = self._local_frame(kind, recipient, fields, envelope.ts, sender, sender_pub)
-        return PreparedDelivery(entry.link, frame)
+        return PreparedDelivery(entry.link, frame, envelope, delivery)
 
     def deliver_from_server(
         self, envelope: wire.Envelope, origin_link: ILink, prepared: PreparedDelivery | None = None
@@ -201,7 +205,11 @@ class Router(Service):
         payload = envelope.payload
         origin = envelope.from_
         try:
-            kind, recipient, sender, sender_pub, fields = self._delivery(envelope)
+            if prepared is not None and prepared.envelope is envelope:
+                delivery = prepared.delivery  # read and checked by prepare_delivery already
+            else:
+                delivery = self._delivery(envelope)
+            kind, recipient, sender, sender_pub, fields = delivery
         except wire.FrameError as error:
             if prepared is not None:
                 prepared.discard()

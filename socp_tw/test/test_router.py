@@ -6,8 +6,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from socp_tw import crypto, wire
+from socp_tw.content import extract_fields
 from socp_tw.identity import ServerIdentity
 from socp_tw.interfaces import IRouter, Unverified, UserNotFound
+from socp_tw.services import router
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
 from socp_tw.signer import FrameSigner
@@ -319,8 +321,6 @@ class SignWhileCheckingTests(SynchronousTestCase):
         self.peers.deliver(wire.Envelope("SERVER_DELIVER", origin, HERE, TS, payload, "checked-by-the-mesh"))
 
     def record_content_checks(self) -> None:
-        from socp_tw.services import router
-
         check = router.verify_user_content
 
         def recording_check(*args):
@@ -352,10 +352,13 @@ class SignWhileCheckingTests(SynchronousTestCase):
         self.record_content_checks()
         payload = {"user_id": BOB, **dm_fields(), "sender": ALICE, "sender_pub": ALICE_PUB}
         envelope = wire.Envelope("SERVER_DELIVER", OTHER, HERE, TS, payload, "checked-by-the-mesh")
+        reads = []
+        self.patch(router, "extract_fields", lambda *args: reads.append(args) or extract_fields(*args))
         prepared = self.router.prepare_delivery(envelope)  # before the mesh checked the frame
         self.assertEqual((self.events, self.bob_link.sent), (["sign USER_DELIVER"], []))
         self.router.deliver_from_server(envelope, FakeLink("other", "server", OTHER), prepared)
         self.assertEqual(self.events, ["sign USER_DELIVER", "check"])  # not signed twice
+        self.assertEqual(len(reads), 1)  # nor its payload read twice
         self.assertIsNone(prepared.frame)  # taken: the mesh's discard() afterwards drops nothing
         [frame] = self.bob_link.frames()
         self.assertEqual((frame["type"], frame["payload"]["sender"]), ("USER_DELIVER", ALICE))
