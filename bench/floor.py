@@ -146,6 +146,8 @@ class SigningProcesses:
     def measure(self, seconds: float) -> tuple[float, float]:
         """(CPU seconds per signature, signatures per wall second) with every process signing
         for ~``seconds`` (blocks the caller that long)."""
+        if not self._workers or not all(worker.is_alive() for worker in self._workers):
+            raise RuntimeError("a signing process is not running (closed, or it died)")
         for command in self._commands:
             command.send(seconds)
         self._barrier.wait(timeout=60)
@@ -156,10 +158,18 @@ class SigningProcesses:
         return per_signature, sum(count for count, _ in reports) / wall
 
     def close(self) -> None:
+        """Stop the processes (idempotent; one that died already is simply reaped)."""
         for command in self._commands:
-            command.send(None)
+            try:
+                command.send(None)
+            except OSError:
+                pass  # that process is gone
         for worker in self._workers:
             worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+        self._commands = []
+        self._workers = []
 
 
 def signing_data(key) -> bytes:
