@@ -44,6 +44,7 @@ from twisted.internet.protocol import ClientFactory, Protocol  # noqa: E402
 
 from socp_tw import crypto, wire  # noqa: E402
 from socp_tw.identity import IDENTITY_FILE, KEY_FILE  # noqa: E402
+from socp_tw.protocols.frames import mask_payload, masked_text_frame, send_now  # noqa: E402
 
 __all__ = [
     "ROOT",
@@ -367,7 +368,13 @@ class RawUser(Protocol):
 
     ``on_frame(user, frame_dict)`` receives every parsed frame; with ``discard_after_hello``
     the user stops parsing once its hello is acknowledged and drops everything it
-    receives (it still reads it, so the server's buffers stay empty).
+    receives (it still reads it, so the server's buffers stay empty).  ``on_message(user,
+    message_bytes)``, if given, sees each message after the hello first and returns True
+    when it handled it without parsing (a load generator keeping its own CPU low).
+
+    Frames leave the way the server's own do (``frames.send_now``: one ``sendmsg`` in the
+    call, no reactor turn), and :meth:`masked` prepares a frame's bytes ahead of time, so
+    that the benchmark's users take as little as possible of the CPU the servers share.
     """
 
     def __init__(
@@ -377,10 +384,12 @@ class RawUser(Protocol):
         on_frame: Callable[[RawUser, dict], None] | None = None,
         discard_after_hello: bool = False,
         client_name: str = "socp-bench",
+        on_message: Callable[[RawUser, bytes], bool] | None = None,
     ) -> None:
         self.user_id = user_id
         self.pubkey = pubkey
         self.on_frame = on_frame
+        self.on_message = on_message
         self.discard_after_hello = discard_after_hello
         self.client_name = client_name
         self.opened: defer.Deferred = defer.Deferred()
@@ -469,6 +478,8 @@ class RawUser(Protocol):
 
     def _message(self, message: bytes) -> None:
         self.frames_received += 1
+        if self.on_message is not None and self.acked.called and self.on_message(self, message):
+            return
         frame = json.loads(message)
         if not self.acked.called:
             kind = frame.get("type")
@@ -496,14 +507,20 @@ class RawUser(Protocol):
         else:
             header = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
         mask = os.urandom(4)
-        if n:
-            stream = (mask * (n // 4 + 1))[:n]
-            payload = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-        self.transport.write(header + mask + payload)
+        send_now(self.transport, (header + mask, mask_payload(payload, mask)))
 
     def send(self, frame: bytes) -> None:
         """Send one SOCP frame (already-encoded JSON) as a text message."""
         self._write_frame(0x1, frame)
+
+    @staticmethod
+    def masked(frame: bytes) -> tuple[bytes, bytes]:
+        """A text message's wire bytes (header with its mask, masked frame), made ahead of time."""
+        return masked_text_frame(frame)
+
+    def send_masked(self, pieces: tuple[bytes, bytes]) -> None:
+        """Send what :meth:`masked` made (each once: a mask is for one message)."""
+        send_now(self.transport, pieces)
 
     def send_frame(self, type: str, to: str, payload: dict, ts: int | None = None) -> None:
         self.send(wire.encode_frame(type, self.user_id, to, wire.now_ms() if ts is None else ts, payload))
