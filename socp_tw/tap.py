@@ -193,32 +193,31 @@ class Options(usage.Options):
         self._post_mesh_options()
         self._post_file_options()
         self._post_security_options()
+        self._seconds("memory-trim-interval", 0, 86400, low_means="off")
+
+    def _seconds(self, name: str, low: float, high: float, low_means: str = "") -> float:
+        """Turn option ``--name`` into a number of seconds in ``[low, high]`` (a usage error if not)."""
         try:
-            self["memory-trim-interval"] = float(self["memory-trim-interval"])
+            value = float(self[name])
         except ValueError:
-            raise usage.UsageError("--memory-trim-interval must be a number of seconds") from None
-        if not 0 <= self["memory-trim-interval"] <= 86400:
-            raise usage.UsageError("--memory-trim-interval must be between 0 (off) and 86400 seconds")
+            raise usage.UsageError(f"--{name} must be a number of seconds") from None
+        if not low <= value <= high:
+            lowest = f"{low:g} ({low_means})" if low_means else f"{low:g}"
+            raise usage.UsageError(f"--{name} must be between {lowest} and {high:g} seconds")
+        self[name] = value
+        return value
 
     def _post_security_options(self) -> None:
         """--ts-window, --identify-timeout, TLS for the listener (--tls-*) and for peers."""
-        numbers = {}
-        for name, low, high in (("ts-window", 1.0, 86400.0), ("identify-timeout", 1.0, 3600.0)):
-            try:
-                numbers[name] = float(self[name])
-            except ValueError:
-                raise usage.UsageError(f"--{name} must be a number of seconds") from None
-            if not low <= numbers[name] <= high:
-                raise usage.UsageError(f"--{name} must be between {low:g} and {high:g} seconds")
-            self[name] = numbers[name]
-        window = numbers["ts-window"]
+        window = self._seconds("ts-window", 1.0, 86400.0)
+        identify_timeout = self._seconds("identify-timeout", 1.0, 3600.0)
         self["limits"] = replace(
             DEFAULT_LIMITS,
             max_frame_bytes=self["max-frame-bytes"],
             ts_window=window,
             seen_ids_ttl=max(DEFAULT_LIMITS.seen_ids_ttl, 2 * window),
-            identify_timeout=numbers["identify-timeout"],
-            auth_timeout=max(DEFAULT_LIMITS.auth_timeout, numbers["identify-timeout"]),
+            identify_timeout=identify_timeout,
+            auth_timeout=max(DEFAULT_LIMITS.auth_timeout, identify_timeout),
         )
         address: BindAddress = self["bind_address"]
         self["tls_context"] = None
@@ -265,12 +264,7 @@ class Options(usage.Options):
                 self["bootstrap_entries"] = load_bootstrap(self["bootstrap"])
             except BootstrapError as e:
                 raise usage.UsageError(f"--bootstrap: {e}") from None
-        try:
-            self["status-interval"] = float(self["status-interval"])
-        except ValueError:
-            raise usage.UsageError("--status-interval must be a number of seconds") from None
-        if not 0.01 <= self["status-interval"] <= 86400:
-            raise usage.UsageError("--status-interval must be between 0.01 and 86400 seconds")
+        self._seconds("status-interval", 0.01, 86400)
         if self["advertise"] is not None:
             try:
                 _, host, port = parse_ws_url(self["advertise"])
