@@ -204,15 +204,13 @@ class Router(Service):
     ) -> None:
         payload = envelope.payload
         origin = envelope.from_
+        if prepared is not None and prepared.envelope is not envelope:
+            prepared.discard()  # made for another frame: neither its reading nor its signature fits
+            prepared = None
         try:
-            if prepared is not None and prepared.envelope is envelope:
-                delivery = prepared.delivery  # read and checked by prepare_delivery already
-            else:
-                delivery = self._delivery(envelope)
-            kind, recipient, sender, sender_pub, fields = delivery
+            # A prepared frame was read and checked by prepare_delivery already.
+            delivery = prepared.delivery if prepared is not None else self._delivery(envelope)
         except wire.FrameError as error:
-            if prepared is not None:
-                prepared.discard()
             self._count("bad_deliver")
             self._log.warn(
                 "Refused SERVER_DELIVER from server {origin}: {code} {detail}",
@@ -222,6 +220,7 @@ class Router(Service):
             )
             self._error_to_server(origin, error.code, error.detail, payload)
             return
+        kind, recipient, sender, sender_pub, fields = delivery
         entry = self._presence.lookup(recipient)
         if entry is not None and entry.local:
             refused: list[ContentError | crypto.BadKey] = []
@@ -274,8 +273,7 @@ class Router(Service):
             )
             self._error_to_server(origin, "INVALID_SIG", refused[0].detail, payload)
             return
-        if prepared is not None:
-            prepared.discard()
+        # A prepared signature not taken above is the mesh's to discard (IPeerLinks.on_frame).
         if entry is not None and entry.server_id != origin:
             raw = wire.encode_frame(
                 envelope.type, envelope.from_, envelope.to, envelope.ts, envelope.payload, envelope.sig

@@ -363,6 +363,17 @@ class SignWhileCheckingTests(SynchronousTestCase):
         [frame] = self.bob_link.frames()
         self.assertEqual((frame["type"], frame["payload"]["sender"]), ("USER_DELIVER", ALICE))
 
+    def test_a_token_prepared_for_another_frame_is_not_used(self) -> None:
+        def envelope(ts: int) -> wire.Envelope:
+            payload = {"user_id": BOB, **dm_fields(ts=ts), "sender": ALICE, "sender_pub": ALICE_PUB}
+            return wire.Envelope("SERVER_DELIVER", OTHER, HERE, ts, payload, "checked-by-the-mesh")
+
+        other = self.router.prepare_delivery(envelope(TS + 1))
+        self.router.deliver_from_server(envelope(TS), FakeLink("other", "server", OTHER), other)
+        self.assertIsNone(other.frame)  # discarded, not sent
+        [frame] = self.bob_link.frames()
+        self.assertEqual((frame["type"], frame["ts"]), ("USER_DELIVER", TS))  # this frame's own copy
+
     def test_a_prepared_delivery_that_fails_the_content_check_is_dropped(self) -> None:
         payload = {
             "user_id": BOB,
