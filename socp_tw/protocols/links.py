@@ -15,10 +15,13 @@ per user.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from typing import Any
 
 from autobahn.exception import Disconnected
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -54,6 +57,30 @@ def copies_of(frame: bytes | Deferred[bytes], count: int) -> list[bytes | Deferr
 
     frame.addBoth(pass_on)
     return copies
+
+
+def send_to_all(links: Sequence[Any], frame: bytes | Deferred[bytes]) -> None:
+    """Send one frame on every link of ``links``, signed once (:func:`copies_of`)."""
+    for link, copy in zip(links, copies_of(frame, len(links)), strict=True):
+        link.send(copy)
+
+
+def sign_for_all(
+    signer: Any, log: Logger, frame_type: str, payload: dict[str, Any], links: Sequence[Any]
+) -> Deferred:
+    """Sign one ``frame_type`` frame to ``"*"`` and send the same bytes on every link of ``links``.
+
+    Returns the signed frame's Deferred (its bytes, or None if signing failed: the failure is
+    logged on ``log`` once, and each link's copy fails with it)."""
+    frame = signer.frame(frame_type, "*", payload)
+    frame.addErrback(_unsigned, log, frame_type)
+    send_to_all(links, frame)
+    return frame
+
+
+def _unsigned(failure: Failure, log: Logger, frame_type: str) -> Failure:
+    log.failure("Could not sign {type} for local users", failure, type=frame_type)
+    return failure
 
 
 @implementer(IPushProducer)

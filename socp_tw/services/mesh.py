@@ -43,7 +43,7 @@ from socp_tw.interfaces import (
 )
 from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter
 from socp_tw.logs import get_logger
-from socp_tw.protocols.links import copies_of
+from socp_tw.protocols.links import send_to_all
 from socp_tw.timers import repeating, stop_repeating
 
 PEERS_FILE = "peers.json"
@@ -526,8 +526,7 @@ class Mesh(Service):
             if isinstance(frame, Deferred):
                 frame.addErrback(lambda f: None)
             return 0
-        for link, handle in zip(links, copies_of(frame, len(links)), strict=True):
-            link.send(handle)
+        send_to_all(links, frame)
         return len(links)
 
     def send_to_server(self, server_id: str, frame: bytes | Deferred) -> bool:

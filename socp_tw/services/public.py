@@ -61,7 +61,7 @@ from socp_tw.interfaces import (
     UserNotFound,
 )
 from socp_tw.logs import get_logger
-from socp_tw.protocols.links import copies_of
+from socp_tw.protocols.links import copies_of, sign_for_all
 from socp_tw.timers import repeating, stop_repeating
 
 if TYPE_CHECKING:
@@ -776,16 +776,8 @@ class PublicChannel(Service):
 
     def _fan_out(self, frame_type: str, payload: dict[str, Any], links: list[ILink]) -> None:
         """Sign one frame (to ``"*"``) and send the same bytes on every link of ``links``."""
-        if not links:
-            return
-        frame = self._signer.frame(frame_type, "*", payload)
-        frame.addErrback(self._unsigned, frame_type)
-        for link, copy in zip(links, copies_of(frame, len(links)), strict=True):
-            link.send(copy)
-
-    def _unsigned(self, failure: Failure, frame_type: str) -> Failure:
-        self._log.failure("Could not sign {type} for local users", failure, type=frame_type)
-        return failure  # each link's copy fails with it
+        if links:
+            sign_for_all(self._signer, self._log, frame_type, payload, links)
 
     def _push_when_due(self) -> None:
         """Tell local users the change now, or once ``push_interval`` has passed since the last push.

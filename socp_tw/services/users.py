@@ -53,7 +53,7 @@ from socp_tw.interfaces import (
 )
 from socp_tw.limits import DEFAULT_LIMITS, BoundedTTLCache, Limits, check_ts_window
 from socp_tw.logs import get_logger
-from socp_tw.protocols.links import copies_of
+from socp_tw.protocols.links import copies_of, sign_for_all
 from socp_tw.services.presence import NameInUse, UserPresence
 
 __all__ = [
@@ -933,13 +933,6 @@ class UserSide(Service):
     def _relay(self, frame_type: str, payload: dict[str, Any], about: str) -> Deferred:
         """Sign one frame and send the same bytes to every local user but ``about``."""
         links = [e.link for e in self._presence.local_entries() if e.user_id != about]
-        frame = self._signer.frame(frame_type, "*", payload)
-        frame.addErrback(self._unsigned, frame_type)
-        for link, copy in zip(links, copies_of(frame, len(links)), strict=True):
-            link.send(copy)
+        frame = sign_for_all(self._signer, self._log, frame_type, payload, links)
         self.counters["relayed." + frame_type] += len(links)
         return frame  # fires with the frame's bytes, or None if signing failed
-
-    def _unsigned(self, failure: Failure, frame_type: str) -> Failure:
-        self._log.failure("Could not sign {type} for local users", failure, type=frame_type)
-        return failure  # each link's copy fails with it
