@@ -44,7 +44,7 @@ from twisted.internet.protocol import ClientFactory, Protocol  # noqa: E402
 
 from socp_tw import crypto, wire  # noqa: E402
 from socp_tw.identity import IDENTITY_FILE, KEY_FILE  # noqa: E402
-from socp_tw.protocols.frames import mask_payload, masked_text_frame, send_now  # noqa: E402
+from socp_tw.protocols.frames import frame_header, mask_payload, masked_text_frame, send_now  # noqa: E402
 
 __all__ = [
     "ROOT",
@@ -213,6 +213,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a ``/proc/.../stat`` file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServerProcess:
     """One ``python -m twisted socp`` process on 127.0.0.1 with its own data dir and JSON log."""
 
@@ -311,13 +317,11 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far (all threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu_seconds(Path(f"/proc/{self.pid}/stat"))
 
     def reactor_cpu_seconds(self) -> float:
         """CPU time of the main (reactor) thread alone; the rest is the signing pool's."""
-        fields = Path(f"/proc/{self.pid}/task/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -499,15 +503,8 @@ class RawUser(Protocol):
     # -- sending
 
     def _write_frame(self, opcode: int, payload: bytes) -> None:
-        n = len(payload)
-        if n < 126:
-            header = bytes((0x80 | opcode, 0x80 | n))
-        elif n < 65536:
-            header = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-        else:
-            header = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
         mask = os.urandom(4)
-        send_now(self.transport, (header + mask, mask_payload(payload, mask)))
+        send_now(self.transport, (frame_header(len(payload), opcode, mask), mask_payload(payload, mask)))
 
     def send(self, frame: bytes) -> None:
         """Send one SOCP frame (already-encoded JSON) as a text message."""
