@@ -170,6 +170,17 @@ class IPeerLinks(Interface):
         """Send ``frame`` on every live server link except the one with link_id ``exclude``;
         return how many links it went to."""
 
+    def acks_deliveries(server_id):
+        """True if ``server_id`` said it confirms every SERVER_DELIVER it delivers (``ACK``)."""
+
+    def heard_since(server_id, when):
+        """True if a frame arrived on the live link to ``server_id`` at or after ``when``
+        (clock seconds)."""
+
+    def unresponsive(server_id, since):
+        """A delivery to ``server_id`` was not confirmed in time; if its link has also been
+        silent since ``since``, the peer is hung: treat the link as dead now."""
+
     def on_frame(type, handler, prepare=None):
         """Call ``handler(envelope, link)`` for every verified server frame of ``type``
         (e.g. the router takes ``SERVER_DELIVER``).
@@ -223,6 +234,26 @@ class IRouter(Interface):
         origin with ``ERROR USER_NOT_FOUND`` / ``INVALID_SIG``."""
 
 
+class IUserKeys(Interface):
+    """Server-side user key pins: the first key this server learnt for each user id
+    (socp_tw/services/userkeys.py, docs/SECURITY.md)."""
+
+    def lookup(user_id):
+        """The :class:`~socp_tw.services.userkeys.UserKeyPin` of ``user_id`` (``digest``,
+        ``home_server`` (None: here), ``registered``, ``fingerprint``), or None."""
+
+    def check(user_id, pubkey):
+        """``"new"`` if no key is pinned for ``user_id``, ``"same"`` if ``pubkey`` (any
+        encoding) is the pinned key, ``"differs"`` otherwise."""
+
+    def pin_local(user_id, pubkey, registered):
+        """Record a key the store has just pinned here (registration or first-use hello)."""
+
+    def pin_advertised(user_id, pubkey, server_id):
+        """Check a key advertised by ``server_id``; pin it (and store it) for an unknown id.
+        Returns ``"new"``, ``"same"``, ``"differs"`` or ``"full"`` (new, but no room)."""
+
+
 class IStore(Interface):
     """The server's database (PROTOCOL.md §3).  Every method returns a Deferred.
 
@@ -235,7 +266,9 @@ class IStore(Interface):
         """Fire with a dict of the ``users`` row or None.
 
         Keys: ``user_id``, ``pubkey``, ``privkey_store``, ``pake_password`` (both None for a
-        TOFU pin), ``meta`` (decoded dict), ``version``, ``created_at`` (Unix ms).
+        TOFU pin), ``meta`` (decoded dict), ``version``, ``created_at`` (Unix ms),
+        ``home_server`` (None for a user registered or first seen here, else the server whose
+        advertise pinned its key).
         """
 
     def add_user(user_id, pubkey, privkey_store, pake_password, meta):
@@ -246,6 +279,10 @@ class IStore(Interface):
         """Record a first-use key for an id never registered here (no privkey_store,
         no verifier).  Fire True if pinned now or already pinned to the same key, False if the id
         holds another key or is registered (a registered id must prove possession instead)."""
+
+    def pin_remote_user(user_id, pubkey, home_server):
+        """Pin the key another server advertised for a user id this server does not know yet
+        (``home_server``: that server).  Fire True if pinned now, False if the id is known."""
 
     def load_group(group_id):
         """Fire with the replicated state of a group (docs/PUBLIC-CHANNEL.md), or None if unknown.

@@ -402,6 +402,9 @@ class Limits:
     peer_burst: float = 4000.0  # frames a peer may send at once
     max_peers: int = 1000  # servers remembered (pinned keys and addresses)
     max_remote_users: int = 100_000  # presence entries learnt from other servers
+    max_gossip_user_pins: int = 200_000  # user keys pinned from other servers' adverts (docs/SECURITY.md)
+    delivery_timeout: float = 10.0  # seconds a DM sent to another server may wait for its delivery ACK
+    max_pending_deliveries: int = 100_000  # DMs sent to other servers awaiting their ACK
     max_unknown_type_replies: int = 64  # distinct unknown frame types answered per server link
     forged_limit: int = 10  # frames with bad signatures within forged_window that cut a server link
     forged_window: float = 60.0  # seconds a bad signature counts against its link

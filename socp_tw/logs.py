@@ -43,3 +43,31 @@ def set_log_level(name: str) -> None:
 def json_stdout(stream: IO[str] | None = None) -> ILogObserver:
     """Observer factory for ``twistd --logger=socp_tw.logs.json_stdout``: one JSON event per line."""
     return jsonFileLogObserver(stream if stream is not None else sys.stdout)
+
+
+class Aggregated:
+    """Say when an often-repeated event should be logged: at most once per ``period`` s per key.
+
+    ``hit(key)`` counts one event; it returns how many events of ``key`` that line stands for
+    (this one and those held back since the last line), or None to stay quiet.  At most
+    ``max_keys`` keys are tracked; the oldest is forgotten first.
+    """
+
+    def __init__(self, clock, period: float = 60.0, max_keys: int = 1000) -> None:
+        self._clock = clock
+        self.period = period
+        self.max_keys = max_keys
+        self._last: dict = {}  # key -> [time of the last line, events held back since]
+
+    def hit(self, key) -> int | None:
+        now = self._clock.seconds()
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self.period:
+            entry[1] += 1
+            return None
+        held = entry[1] if entry is not None else 0
+        self._last.pop(key, None)
+        while len(self._last) >= self.max_keys:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = [now, 0]
+        return held + 1

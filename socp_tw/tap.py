@@ -33,7 +33,8 @@ from socp_tw.services.presence import Presence
 from socp_tw.services.public import PublicChannel
 from socp_tw.services.router import Router
 from socp_tw.services.status import StatusReporter
-from socp_tw.services.store import DB_FILE, SQLiteStore, StoreError
+from socp_tw.services.store import DB_FILE, SQLiteStore, StoreError, read_user_keys
+from socp_tw.services.userkeys import UserKeys
 from socp_tw.services.users import UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.workers import ThreadPoolWorkers
@@ -320,8 +321,10 @@ def makeService(config: Options, reactor=None) -> MultiService:
     except (StoreError, OSError) as e:
         raise SystemExit(f"socp: database: {e}") from None
     store.setServiceParent(top)
-    signer = FrameSigner(identity, workers)
     limits: Limits = config["limits"]
+    user_keys = UserKeys(store, read_user_keys(store.path), max_gossip_pins=limits.max_gossip_user_pins)
+    user_keys.setServiceParent(top)
+    signer = FrameSigner(identity, workers)
     hub = Hub(signer, clock=reactor, limits=limits)
     hub.setServiceParent(top)
     presence = Presence(identity.server_id, max_remote_users=limits.max_remote_users)
@@ -353,15 +356,26 @@ def makeService(config: Options, reactor=None) -> MultiService:
             forged_limit=limits.forged_limit,
             forged_window=limits.forged_window,
             limits=limits,
+            user_keys=user_keys,
         )
     except PinStoreError as e:
         raise SystemExit(f"socp: {e}") from None
     mesh.setServiceParent(top)
     router = Router(
-        presence, signer, mesh, ts_window=limits.ts_window, now_ms=lambda: int(reactor.seconds() * 1000)
+        presence,
+        signer,
+        mesh,
+        ts_window=limits.ts_window,
+        now_ms=lambda: int(reactor.seconds() * 1000),
+        user_keys=user_keys,
+        clock=reactor,
+        delivery_timeout=limits.delivery_timeout,
+        max_pending_deliveries=limits.max_pending_deliveries,
     )
     router.setServiceParent(top)
-    users = UserSide(hub, presence, router, store, signer, workers, clock=reactor, limits=limits)
+    users = UserSide(
+        hub, presence, router, store, signer, workers, clock=reactor, limits=limits, user_keys=user_keys
+    )
     users.setServiceParent(top)
     public = PublicChannel(
         store, presence, mesh, router, users, signer, identity.private_key, workers, clock=reactor

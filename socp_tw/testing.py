@@ -121,9 +121,22 @@ class FakePeerLinks:
         self.preparers: dict[str, Callable[..., Any]] = {}
         self.counters: Counter[str] = Counter()
         self.observers: list[Callable[[], None]] = []
+        #: Servers that confirm deliveries (``acks_deliveries``); time each was last heard from.
+        self.acking: set[str] = set()
+        self.last_heard: dict[str, float] = {}
+        self.unresponsive_calls: list[tuple[str, float]] = []
 
     def connected_servers(self) -> list[str]:
         return sorted(self.linked)
+
+    def acks_deliveries(self, server_id: str) -> bool:
+        return server_id in self.acking
+
+    def heard_since(self, server_id: str, when: float) -> bool:
+        return server_id in self.linked and self.last_heard.get(server_id, float("-inf")) >= when
+
+    def unresponsive(self, server_id: str, since: float) -> None:
+        self.unresponsive_calls.append((server_id, since))
 
     def add_change_observer(self, callback: Callable[[], None]) -> None:
         self.observers.append(callback)
@@ -343,6 +356,15 @@ class MemoryStore:
             return succeed(True)
         return succeed(row["pake_password"] is None and row["pubkey"] == pubkey)
 
+    def pin_remote_user(self, user_id: str, pubkey: str, home_server: str) -> Deferred:
+        self.calls += 1
+        if not all(isinstance(v, str) and v for v in (user_id, pubkey, home_server)):
+            return fail(ValueError("pin_remote_user needs a non-empty id, key and home server"))
+        if user_id.lower() in self.users:
+            return succeed(False)
+        self._insert(user_id, pubkey, None, None, {}, home_server)
+        return succeed(True)
+
     def load_group(self, group_id: str) -> Deferred:
         self.calls += 1
         group = self.groups.get(group_id)
@@ -403,8 +425,9 @@ class MemoryStore:
             members[member] = wraps.get(member)
         return succeed(sum(1 for member in wraps if member in members))
 
-    def _insert(self, user_id, pubkey, privkey_store, pake_password, meta) -> None:
+    def _insert(self, user_id, pubkey, privkey_store, pake_password, meta, home_server=None) -> None:
         self.users[user_id.lower()] = {
+            "home_server": home_server,
             "user_id": user_id,
             "pubkey": pubkey,
             "privkey_store": privkey_store,

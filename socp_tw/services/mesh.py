@@ -39,11 +39,13 @@ from socp_tw.interfaces import (
     IPresence,
     IPresenceObserver,
     ISigner,
+    IUserKeys,
     IWorkers,
 )
 from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter
-from socp_tw.logs import get_logger
+from socp_tw.logs import Aggregated, get_logger
 from socp_tw.protocols.links import send_to_all
+from socp_tw.services.userkeys import DIFFERS, FULL, UserKeys
 from socp_tw.timers import repeating, stop_repeating
 
 PEERS_FILE = "peers.json"
@@ -58,6 +60,11 @@ CLAIMED_TYPES = ("SERVER_HELLO_JOIN", "SERVER_HELLO_LINK", "SERVER_ANNOUNCE")
 GOSSIP_TYPES = frozenset({"USER_ADVERTISE", "USER_REMOVE", "SERVER_ANNOUNCE"})
 #: Frames a server link never answers, whatever happens (PROTOCOL.md §5).
 NEVER_ANSWERED = frozenset({"ERROR", "ACK"})
+
+#: Our profile's capabilities, listed in ``ext`` of our own {host, port, pubkey} payloads
+#: (docs/PROTOCOL-EXTENSIONS.md): "deliver-ack": we confirm each delivered SERVER_DELIVER.
+EXT_DELIVER_ACK = "deliver-ack"
+OUR_EXTENSIONS = [EXT_DELIVER_ACK]
 
 MAX_KNOWN_SERVERS = 1000
 #: Seconds the dialler of a losing duplicate link waits before closing it (pending frames leave).
@@ -148,6 +155,7 @@ class KnownServer:
     host: str | None = None
     port: int | None = None
     linked: bool = False  # we have had a direct link with it (only those are redialled after a restart)
+    acks: bool = False  # it said it confirms deliveries (``ext`` has "deliver-ack")
     #: Its own signed {host, port, pubkey} (payload, sig), re-sent to new neighbours as a SERVER_ANNOUNCE.
     described: tuple[dict[str, Any], str] | None = None
 
@@ -158,6 +166,7 @@ class KnownServer:
             "host": self.host,
             "port": self.port,
             "linked": self.linked,
+            "acks": self.acks,
         }
 
 
@@ -197,6 +206,7 @@ class PinStore:
                 host,
                 port,
                 bool(item.get("linked", False)),
+                bool(item.get("acks", False)),
             )
         return known
 
@@ -254,6 +264,12 @@ def _parse_address_payload(payload: dict[str, Any]) -> tuple[str, int, str]:
     return host, port, pubkey
 
 
+def _says_it_acks(payload: dict[str, Any]) -> bool:
+    """True if a server's own {host, port, pubkey} payload lists the ``deliver-ack`` extension."""
+    ext = payload.get("ext")
+    return isinstance(ext, list) and EXT_DELIVER_ACK in ext
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -292,6 +308,7 @@ class Mesh(Service):
         stop_timeout: float = 10.0,
         now_ms: Callable[[], int] = wire.now_ms,
         limits: Limits = DEFAULT_LIMITS,
+        user_keys: IUserKeys | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -301,6 +318,7 @@ class Mesh(Service):
         self._signer = ISigner(signer)
         self._hub = IHub(hub)
         self._presence = IPresence(presence)
+        self._user_keys = IUserKeys(user_keys) if user_keys is not None else UserKeys()
         self._workers = IWorkers(workers) if workers is not None else None
         self._advertise = advertise
         self.heartbeat_interval = heartbeat_interval
@@ -314,6 +332,8 @@ class Mesh(Service):
         self._now_ms = now_ms
         self._seen = SeenCache(reactor, seen_max, seen_max_age)
         self.counters: Counter[str] = Counter()
+        # Presence frames refused for who sent them, or for a changed user key: one line a minute.
+        self._refusals = Aggregated(reactor, 60.0)
         # Per-peer pacing (docs/SECURITY.md): a link past its bucket is not read for a while.
         self.peer_rate = limits.peer_rate
         self._peer_rate = RateLimiter(limits.peer_rate, limits.peer_burst, reactor, max_keys=limits.max_peers)
@@ -396,7 +416,8 @@ class Mesh(Service):
 
     def _address_payload(self, server_id: str | None = None, pem: bool = False) -> dict[str, Any]:
         host, port = self.advertised_address()
-        return {"host": host, "port": port, "pubkey": self._own_key_for(server_id, pem)}
+        pubkey = self._own_key_for(server_id, pem)
+        return {"host": host, "port": port, "pubkey": pubkey, "ext": OUR_EXTENSIONS}
 
     # -- service -----------------------------------------------------------------------------
 
@@ -499,6 +520,30 @@ class Mesh(Service):
         """The live link to ``server_id``, or None."""
         state = self._by_server.get(server_id)
         return state.link if state is not None else None
+
+    def acks_deliveries(self, server_id: str) -> bool:
+        known = self._known.get(server_id)
+        return known is not None and known.acks
+
+    def heard_since(self, server_id: str, when: float) -> bool:
+        state = self._by_server.get(server_id)
+        return state is not None and state.last_seen >= when
+
+    def unresponsive(self, server_id: str, since: float) -> None:
+        """A delivery ``server_id`` should have confirmed was not: if its link has been silent
+        since ``since`` too, the peer is hung (process stopped, TCP open): declare the link dead
+        now instead of after ``dead_after`` of silence."""
+        state = self._by_server.get(server_id)
+        if state is None or state.retired or state.last_seen >= since:
+            return
+        self.counters["links_unresponsive"] += 1
+        self._log.warn(
+            "Server {server_id} confirmed no delivery and sent nothing for {seconds:.0f} s: link"
+            " declared dead, closing",
+            server_id=server_id,
+            seconds=self._clock.seconds() - state.last_seen,
+        )
+        self._retire(state, "no delivery confirmation", CLOSE_GOING_AWAY)
 
     def on_frame(
         self, type: str, handler: Callable[..., None], prepare: Callable[[wire.Envelope], Any] | None = None
@@ -788,6 +833,7 @@ class Mesh(Service):
         except KeyRefused as e:
             self._refuse(link, e.code, e.detail)
             return
+        known.acks = _says_it_acks(envelope.payload)
         if envelope.sig:
             known.described = (envelope.payload, envelope.sig)
         self._log.info("Server joining {server_id}", server_id=assigned)
@@ -805,7 +851,13 @@ class Mesh(Service):
         """SERVER_WELCOME: us and every live linked server, in both list forms (§4)."""
         host, port = self.advertised_address()
         servers = [
-            {"server_id": self.server_id, "host": host, "port": port, "pubkey": self._own_key_for(joiner)}
+            {
+                "server_id": self.server_id,
+                "host": host,
+                "port": port,
+                "pubkey": self._own_key_for(joiner),
+                "ext": OUR_EXTENSIONS,
+            }
         ]
         for server_id in self.connected_servers():
             known = self._known.get(server_id)
@@ -840,6 +892,7 @@ class Mesh(Service):
         except KeyRefused as e:
             self._refuse(link, e.code, e.detail)
             return
+        known.acks = _says_it_acks(envelope.payload)
         if envelope.sig:
             known.described = (envelope.payload, envelope.sig)
         link.role = "server"
@@ -917,7 +970,16 @@ class Mesh(Service):
                 key, payload, envelope.sig
             ):
                 raise KeyRefused("INVALID_SIG", "SERVER_WELCOME signature does not verify")
-            self._remember(introducer, key, key_text, address, "SERVER_WELCOME", linked=True)
+            known = self._remember(introducer, key, key_text, address, "SERVER_WELCOME", linked=True)
+            own_item = next(
+                (
+                    item
+                    for item in envelope_list(payload, "servers")
+                    if isinstance(item, dict) and item.get("server_id") == introducer
+                ),
+                {},
+            )
+            known.acks = _says_it_acks(own_item)
         except KeyRefused as e:
             self.counters["welcome.refused"] += 1
             self._log.error("Refused SERVER_WELCOME from {url}: {detail}", url=dialer.url, detail=e.detail)
@@ -1228,7 +1290,7 @@ class Mesh(Service):
         if kind == "CTRL_CLOSE":
             self._ctrl_close(state, envelope)
             return
-        if kind == "ACK":
+        if kind == "ACK" and kind not in self._handlers:
             self.counters["dropped.ack"] += 1
             return
         origin = envelope.from_
@@ -1344,6 +1406,7 @@ class Mesh(Service):
                 envelope.from_, key, key_text, (host, port), "SERVER_HELLO_LINK", linked=True
             )
             known.described = (envelope.payload, envelope.sig)
+            known.acks = _says_it_acks(envelope.payload)
         except (wire.FrameError, KeyRefused) as e:
             self.counters["dropped.bad_hello"] += 1
             self._log.warn(
@@ -1378,6 +1441,7 @@ class Mesh(Service):
             return
         if envelope.sig:
             known.described = (envelope.payload, envelope.sig)
+        known.acks = _says_it_acks(envelope.payload)
         self.counters["announces"] += 1
         if envelope.to == "*":
             self._log.info("Server announced: {server_id}", server_id=origin)
@@ -1442,6 +1506,16 @@ class Mesh(Service):
         if server_id == self.server_id:
             self._bad_gossip(state, envelope, "it places a user on this server")
             return
+        if envelope.from_ != server_id:
+            self._not_its_own(state, envelope, user_id, server_id)
+            return
+        verdict = self._user_keys.pin_advertised(user_id, pubkey, server_id)
+        if verdict == DIFFERS:
+            self._user_key_refused(envelope, user_id, pubkey)
+            return
+        if verdict == FULL:
+            self.counters["dropped.user_pins_full"] += 1
+            return
         meta = meta or {}
         if len(wire.canonical(meta)) > MAX_META_BYTES:
             meta = {"pubkey": pubkey}
@@ -1458,9 +1532,49 @@ class Mesh(Service):
         except wire.FrameError as e:
             self._bad_gossip(state, envelope, e.detail)
             return
+        if envelope.from_ != server_id:
+            self._not_its_own(state, envelope, user_id, server_id)
+            return
         self.counters["gossip.remove"] += 1
         self._presence.user_offline_remote(user_id, server_id)
         self._forward(envelope, state)
+
+    def _not_its_own(self, state: _LinkState, envelope: wire.Envelope, user_id: str, named: str) -> None:
+        """Presence is spoken only by the hosting server: ``from`` (the origin, which relays keep)
+        must be the ``server_id`` the frame names.  Dropped, counted, one warning a minute per origin."""
+        origin = envelope.from_
+        self.counters["dropped.not_hosting_server"] += 1
+        count = self._refusals.hit(("not-own", origin))
+        if count is not None:
+            self._log.warn(
+                "Dropped {type} from server {origin} (via {via}): it speaks for server {named} about"
+                " user {user}; only a user's own server may ({count} such frames from {origin} in the"
+                " last minute)",
+                type=envelope.type,
+                origin=origin,
+                via=state.server_id,
+                named=named,
+                user=user_id,
+                count=count,
+            )
+
+    def _user_key_refused(self, envelope: wire.Envelope, user_id: str, pubkey: str) -> None:
+        """An advertise with another key than the one pinned for the user: refused, like a changed
+        server key (docs/SECURITY.md says how an operator lifts a pin)."""
+        self.counters["user_key_refused"] += 1
+        pin = self._user_keys.lookup(user_id)
+        count = self._refusals.hit(("user-key", envelope.from_, user_id))
+        if count is not None and pin is not None:
+            self._log.error(
+                "REFUSED changed key for user {user} advertised by server {origin}: pinned {pinned}"
+                " ({where}), offered {offered} ({count} in the last minute)",
+                user=user_id,
+                origin=envelope.from_,
+                pinned=pin.fingerprint,
+                where=f"home server {pin.home_server}" if pin.home_server else "here",
+                offered=crypto.fingerprint(pubkey),
+                count=count,
+            )
 
     def _forward(self, envelope: wire.Envelope, arrival: _LinkState) -> int:
         """Send ``envelope`` unchanged to every live link but the one it came on."""

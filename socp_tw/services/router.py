@@ -14,13 +14,25 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from socp_tw import crypto, wire
 from socp_tw.content import ContentError, extract_fields, verify_user_content
-from socp_tw.interfaces import ILink, IPeerLinks, IPresence, IRouter, ISigner, Unverified, UserNotFound
-from socp_tw.limits import check_ts_window
+from socp_tw.interfaces import (
+    ILink,
+    IPeerLinks,
+    IPresence,
+    IRouter,
+    ISigner,
+    IUserKeys,
+    Unverified,
+    UserNotFound,
+)
+from socp_tw.limits import DEFAULT_LIMITS, check_ts_window
 from socp_tw.logs import get_logger
+from socp_tw.services.delivery import DeliveryTracker, delivery_ref
+from socp_tw.services.userkeys import DIFFERS
 
 
 def _discard(result):
@@ -73,13 +85,32 @@ class Router(Service):
         *,
         ts_window: float | None = None,
         now_ms: Callable[[], int] = wire.now_ms,
+        user_keys: IUserKeys | None = None,
+        clock: IReactorTime | None = None,
+        delivery_timeout: float = DEFAULT_LIMITS.delivery_timeout,
+        max_pending_deliveries: int = DEFAULT_LIMITS.max_pending_deliveries,
     ) -> None:
         """``ts_window`` (seconds): refuse a SERVER_DELIVER whose ``ts`` (the sender's) is further
         than that from ``now_ms()`` with ``ERROR BAD_TS`` to its origin — with the mesh's
-        ``seen_ids`` this makes a replayed delivery fail (docs/SECURITY.md); None: no check."""
+        ``seen_ids`` this makes a replayed delivery fail (docs/SECURITY.md); None: no check.
+        ``user_keys``: the server-side key pins a delivered frame's ``sender_pub`` must match.
+        ``delivery_timeout``: seconds a DM sent to another server waits for its confirmation
+        before its sender is told it failed (services/delivery.py)."""
+        if clock is None:
+            from twisted.internet import reactor as clock
         self._presence = IPresence(presence)
         self._signer = ISigner(signer)
         self._peers = IPeerLinks(peers)
+        self._user_keys = IUserKeys(user_keys) if user_keys is not None else None
+        self.deliveries = DeliveryTracker(
+            self._peers,
+            self._signer,
+            self._presence,
+            clock,
+            self._dm_failed,
+            timeout=delivery_timeout,
+            max_pending=max_pending_deliveries,
+        )
         self._ts_window_ms = None if ts_window is None else round(ts_window * 1000)
         self._now_ms = now_ms
         self.counters: dict[str, int] = {}
@@ -87,6 +118,11 @@ class Router(Service):
         self._checked_first: set[str] = set()
         self._peers.on_frame("SERVER_DELIVER", self.deliver_from_server, prepare=self.prepare_delivery)
         self._peers.on_frame("ERROR", self.error_from_server)
+        self._peers.on_frame("ACK", self.ack_from_server)
+
+    def stopService(self) -> None:
+        self.deliveries.stop()
+        return super().stopService()
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -121,6 +157,8 @@ class Router(Service):
             self._count("no_route")
             raise UserNotFound(f"{recipient} (no route to its server {entry.server_id})")
         self._count("to_server")
+        if kind == "MSG_DIRECT":
+            self.deliveries.sent(delivery_ref(fields["content_sig"]), sender, recipient, ts, entry.server_id)
         return entry.server_id
 
     def _deliver_local(
@@ -236,6 +274,8 @@ class Router(Service):
                         raise ContentError(
                             f"sender_pub of {sender} differs from the key its server advertised"
                         )
+                    if self._user_keys is not None and self._user_keys.check(sender, sender_pub) == DIFFERS:
+                        raise ContentError(f"sender_pub of {sender} differs from the key pinned for it")
                     verify_user_content(kind, fields, sender, recipient, envelope.ts, sender_pub)
                 except (ContentError, crypto.BadKey) as error:
                     refused.append(error)
@@ -261,6 +301,8 @@ class Router(Service):
                         content_ok if sign_ahead else None,
                         started,
                     )
+                    if kind == "MSG_DIRECT":
+                        self.deliveries.delivered_here(origin, delivery_ref(fields["content_sig"]))
                     return
             except Unverified:
                 self._checked_first.add(origin)
@@ -293,6 +335,8 @@ class Router(Service):
                 error[name] = payload[name]
         if isinstance(payload.get("type"), str):
             error["kind"] = payload["type"]
+        elif isinstance(payload.get("content_sig"), str):
+            error["ref"] = delivery_ref(payload["content_sig"])
         frame = self._signer.frame("ERROR", server_id, error)
         if not self._peers.send_to_server(server_id, frame):
             frame.addErrback(_discard)
@@ -310,15 +354,49 @@ class Router(Service):
                 detail=payload.get("detail"),
             )
             return
-        link = self._presence.local_link(sender)
-        if link is None:
-            return
         code = payload.get("code") if isinstance(payload.get("code"), str) else "DELIVERY_FAILED"
         detail = payload.get("detail") if isinstance(payload.get("detail"), str) else ""
-        notice = wire.error_payload(code, f"delivery to {payload.get('user_id')} failed: {detail}")
-        notice["msg_ref"] = payload.get("kind", "MSG_DIRECT")
-        if isinstance(payload.get("user_id"), str):
-            notice["user_id"] = payload["user_id"]
+        recipient = payload.get("user_id")
+        kind = payload.get("kind", "MSG_DIRECT")
+        ts = None
+        if kind == "MSG_DIRECT":
+            # A DM is reported once: only while it is still pending (not confirmed, not timed out).
+            pending = self.deliveries.refused(envelope.from_, sender, recipient, payload.get("ref"))
+            if pending is None:
+                self._count("late_errors")
+                return
+            ts = pending.ts
+        self._tell_sender(sender, recipient, ts, code, f"delivery to {recipient} failed: {detail}", kind)
+
+    def ack_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
+        """``ACK`` from a peer: a confirmation of delivered DMs (others are ignored).  Never answered."""
+        self.deliveries.ack_received(envelope)
+
+    def _dm_failed(self, sender: str, recipient: str, ts: int, code: str, detail: str) -> None:
+        self._log.info(
+            "DM from {sender} to {recipient} failed: {code} {detail}",
+            sender=sender,
+            recipient=recipient,
+            code=code,
+            detail=detail,
+        )
+        self._tell_sender(sender, recipient, ts, code, detail, "MSG_DIRECT")
+
+    def _tell_sender(
+        self, sender: str, recipient: Any, ts: int | None, code: str, detail: str, kind: Any
+    ) -> None:
+        """``ERROR {code, detail, msg_ref: <kind>, user_id: <recipient>, ts: <original ts>}`` to a
+        local sender, so its client can say which message failed."""
+        link = self._presence.local_link(sender)
+        if link is None:
+            self._count("failure_unreported")  # the sender left meanwhile
+            return
+        notice = wire.error_payload(code, detail)
+        notice["msg_ref"] = kind if isinstance(kind, str) else "MSG_DIRECT"
+        if isinstance(recipient, str):
+            notice["user_id"] = recipient
+        if ts is not None:
+            notice["ts"] = ts
         self._count("failure_reported")
         link.send(self._signer.frame("ERROR", sender, notice))
 

@@ -49,6 +49,7 @@ __all__ = [
     "StoreError",
     "load_migrations",
     "migrate",
+    "read_user_keys",
     "validate_group_state",
 ]
 
@@ -183,7 +184,16 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")  # durable across crashes in WAL mode, fast
 
 
-_USER_COLUMNS = ("user_id", "pubkey", "privkey_store", "pake_password", "meta", "version", "created_at")
+_USER_COLUMNS = (
+    "user_id",
+    "pubkey",
+    "privkey_store",
+    "pake_password",
+    "meta",
+    "version",
+    "created_at",
+    "home_server",
+)
 
 
 def _decode_meta(text: str | None) -> dict[str, Any]:
@@ -227,6 +237,29 @@ def _pin_user_key(txn, user_id: str, pubkey: str, now: int) -> bool:
     txn.execute("SELECT pubkey, pake_password FROM users WHERE user_id = ?", (user_id,))
     stored, verifier = txn.fetchone()
     return verifier is None and stored == pubkey
+
+
+def _pin_remote_user(txn, user_id: str, pubkey: str, home_server: str, now: int) -> bool:
+    txn.execute(
+        "INSERT INTO users (user_id, pubkey, meta, version, created_at, home_server)"
+        " VALUES (?, ?, '{}', 1, ?, ?) ON CONFLICT (user_id) DO NOTHING",
+        (user_id, pubkey, now, home_server),
+    )
+    return txn.rowcount == 1
+
+
+def read_user_keys(path: str | Path) -> list[tuple[str, str, str | None, bool]]:
+    """Every pinned user key in the database at ``path``: (user_id, pubkey, home_server,
+    registered).  Read synchronously, like :func:`migrate`, before the reactor runs, so the
+    server-side key pins are complete before anyone can connect."""
+    conn = sqlite3.connect(str(path))
+    try:
+        rows = conn.execute(
+            "SELECT user_id, pubkey, home_server, pake_password IS NOT NULL FROM users"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(user_id, pubkey, home, bool(registered)) for user_id, pubkey, home, registered in rows]
 
 
 #: The fields of one member state (a row of ``group_member_state``), as IStore exchanges them.
@@ -418,6 +451,11 @@ class SQLiteStore(Service):
         if not all(isinstance(v, str) and v for v in (user_id, pubkey)):
             return fail(ValueError("pin_user_key needs a non-empty id and key"))
         return self._run(_pin_user_key, user_id, pubkey, self._now_ms())
+
+    def pin_remote_user(self, user_id: str, pubkey: str, home_server: str) -> Deferred:
+        if not all(isinstance(v, str) and v for v in (user_id, pubkey, home_server)):
+            return fail(ValueError("pin_remote_user needs a non-empty id, key and home server"))
+        return self._run(_pin_remote_user, user_id, pubkey, home_server, self._now_ms())
 
     def load_group(self, group_id: str) -> Deferred:
         return self._run(_load_group, group_id)

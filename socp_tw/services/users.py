@@ -47,14 +47,16 @@ from socp_tw.interfaces import (
     IRouter,
     ISigner,
     IStore,
+    IUserKeys,
     IWorkers,
     Unverified,
     UserNotFound,
 )
 from socp_tw.limits import DEFAULT_LIMITS, BoundedTTLCache, Limits, check_ts_window
-from socp_tw.logs import get_logger
+from socp_tw.logs import Aggregated, get_logger
 from socp_tw.protocols.links import copies_of, sign_for_all
 from socp_tw.services.presence import NameInUse, UserPresence
+from socp_tw.services.userkeys import DIFFERS, UserKeys
 
 __all__ = [
     "AUTH_FRAMES",
@@ -263,6 +265,7 @@ class UserSide(Service):
         clock=None,
         min_scrypt_n: int = keystore.MIN_SCRYPT_N,
         limits: Limits = DEFAULT_LIMITS,
+        user_keys: IUserKeys | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -272,6 +275,8 @@ class UserSide(Service):
         self._store = IStore(store)
         self._signer = ISigner(signer)
         self._workers = IWorkers(workers)
+        self._user_keys = IUserKeys(user_keys) if user_keys is not None else UserKeys()
+        self._refusals = Aggregated(clock, 60.0)
         self._clock = clock
         self._min_scrypt_n = min_scrypt_n
         self.limiter = LoginLimiter(clock, max_ids=limits.max_login_failure_entries)
@@ -551,11 +556,25 @@ class UserSide(Service):
                 "pake_password",
             )
         pubkey = crypto.encode_public_key(key)
+        pin = self._user_keys.lookup(user_id)
+        if pin is not None and pin.home_server is not None:
+            # Known from another server's gossip: that server is authoritative for the id.
+            if self._user_keys.check(user_id, pubkey) == DIFFERS:
+                self._user_key_refused(user_id, pin, pubkey, "USER_REGISTER", state.link)
+            self.send_error(
+                state.link,
+                "NAME_IN_USE",
+                f"user id {user_id} belongs to server {pin.home_server}",
+                ref="USER_REGISTER",
+                to=user_id,
+                user_id=user_id,
+            )
+            return None
         d = self._store.add_user(user_id, pubkey, privkey_store, pake_password, {})
-        d.addCallback(self._registered, state, user_id)
+        d.addCallback(self._registered, state, user_id, pubkey)
         return d
 
-    def _registered(self, added: bool, state: _UserLink, user_id: str) -> None:
+    def _registered(self, added: bool, state: _UserLink, user_id: str, pubkey: str) -> None:
         if not added:
             self.send_error(
                 state.link,
@@ -567,6 +586,7 @@ class UserSide(Service):
             )
             return
         self.counters["registered"] += 1
+        self._user_keys.pin_local(user_id, pubkey, registered=True)
         self._log.info("User {user} registered from {peer}", user=user_id, peer=state.link.peer)
         self._send(state.link, "ACK", user_id, {"msg_ref": "USER_REGISTER", "user_id": user_id})
 
@@ -716,6 +736,9 @@ class UserSide(Service):
     def _hello_user_loaded(self, row: dict | None, state: _UserLink, claim: _HelloClaim):
         if state.closed:
             return None
+        pin = self._user_keys.lookup(claim.user_id)
+        if pin is not None and pin.home_server is not None:
+            return self._hello_of_remote_user(state, claim, pin)
         registered = row is not None and row.get("pake_password") is not None
         proven = False
         if registered:
@@ -748,10 +771,42 @@ class UserSide(Service):
         d.addCallback(self._pinned, state, claim)
         return d
 
+    def _hello_of_remote_user(self, state: _UserLink, claim: _HelloClaim, pin: Any) -> None:
+        """A hello for an id whose key another server's gossip pinned here: the same key only,
+        and proven (nonce + proof): a public key alone must not move someone's id here."""
+        if self._user_keys.check(claim.user_id, claim.pubkey) == DIFFERS:
+            self._user_key_refused(claim.user_id, pin, claim.pubkey, "USER_HELLO", state.link)
+            return self._key_differs(state, claim)
+        problem = self._proof_problem(claim, claim.key)
+        if problem is not None:
+            return self._auth_failed(
+                state, claim, f"user {claim.user_id} is known from server {pin.home_server}: {problem}"
+            )
+        return self._go_online(state, claim, f"key proven, pinned from server {pin.home_server}")
+
+    def _user_key_refused(self, user_id: str, pin: Any, offered: str, source: str, link: ILink) -> None:
+        """A key other than the pinned one for ``user_id``: refused and logged at error level,
+        once a minute per user (docs/SECURITY.md says how an operator lifts a pin)."""
+        self.counters["user_key_refused"] += 1
+        count = self._refusals.hit(user_id)
+        if count is not None:
+            self._log.error(
+                "REFUSED changed key for user {user} ({source} from {peer}): pinned {pinned} ({where}),"
+                " offered {offered} ({count} in the last minute)",
+                user=user_id,
+                source=source,
+                peer=link.peer,
+                pinned=pin.fingerprint,
+                where=f"home server {pin.home_server}" if pin.home_server else "here",
+                offered=crypto.fingerprint(offered),
+                count=count,
+            )
+
     def _pinned(self, pinned: bool, state: _UserLink, claim: _HelloClaim) -> None:
         if not pinned:  # registered or pinned by another connection meanwhile
             self._key_differs(state, claim)
             return
+        self._user_keys.pin_local(claim.user_id, claim.pubkey, registered=False)
         self.counters["tofu_pinned"] += 1
         self._log.info(
             "Pinned the key of user {user} on first use ({fp})",
@@ -762,6 +817,9 @@ class UserSide(Service):
 
     def _key_differs(self, state: _UserLink, claim: _HelloClaim) -> None:
         self.counters["tofu_key_mismatch"] += 1
+        pin = self._user_keys.lookup(claim.user_id)
+        if pin is not None and pin.home_server is None:
+            self._user_key_refused(claim.user_id, pin, claim.pubkey, "USER_HELLO", state.link)
         self.send_error(
             state.link,
             "BAD_KEY",

@@ -226,7 +226,9 @@ class Server:
         )
         self.outgoing = FakeOutgoing()
         self.mesh.set_outgoing(self.outgoing)
-        self.router = Router(self.presence, self.signer, self.mesh, ts_window=300.0, now_ms=self.now_ms)
+        self.router = Router(
+            self.presence, self.signer, self.mesh, ts_window=300.0, now_ms=self.now_ms, clock=self.clock
+        )
         self.store = MemoryStore(now_ms=self.now_ms)
         self.users = UserSide(
             self.hub,

@@ -424,7 +424,14 @@ class JoinTests(MeshTestCase):
         servers = {s["server_id"]: s for s in payload["servers"]}
         self.assertEqual(set(servers), {HERE, S2})
         self.assertEqual(
-            servers[HERE], {"server_id": HERE, "host": "127.0.0.1", "port": 9000, "pubkey": pub(HERE)}
+            servers[HERE],
+            {
+                "server_id": HERE,
+                "host": "127.0.0.1",
+                "port": 9000,
+                "pubkey": pub(HERE),
+                "ext": ["deliver-ack"],
+            },
         )
         self.assertEqual(servers[S2]["port"], 9102)
         self.assertEqual({c["user_id"] for c in payload["clients"]}, {HERE, S2})
@@ -511,7 +518,10 @@ class WelcomeTests(SynchronousTestCase):
         self.assertEqual(
             (hello["type"], hello["from"], hello["to"]), ("SERVER_HELLO_JOIN", HERE, "127.0.0.1:9101")
         )
-        self.assertEqual(hello["payload"], {"host": "127.0.0.1", "port": 9000, "pubkey": pub(HERE)})
+        self.assertEqual(
+            hello["payload"],
+            {"host": "127.0.0.1", "port": 9000, "pubkey": pub(HERE), "ext": ["deliver-ack"]},
+        )
         self.assertTrue(verify_server_frame(hello, pub(HERE)))
         lines = [formatEvent(e) for e in self.events]
         self.assertIn("Connected to peer ws://127.0.0.1:9101", lines)
@@ -1157,7 +1167,7 @@ class MultiHopTests(SynchronousTestCase):
         self.b = Node(self, S2, self.clock, port=9002)
         self.c = Node(self, S3, self.clock, port=9003)
         for node in (self.a, self.b, self.c):
-            node.router = Router(node.presence, node.signer, node.mesh)
+            node.router = Router(node.presence, node.signer, node.mesh, clock=node.clock)
         Pipe(self.a, self.b, "ab")
         Pipe(self.c, self.b, "cb")
         self.alice_link = FakeLink("alice", "user", ALICE)

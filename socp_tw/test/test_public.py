@@ -261,6 +261,15 @@ class NetLinks:
     def server_key(self, server_id: str):
         return self.net.keys.get(server_id)
 
+    def acks_deliveries(self, server_id: str) -> bool:
+        return False
+
+    def heard_since(self, server_id: str, when: float) -> bool:
+        return server_id in self.connected_servers()
+
+    def unresponsive(self, server_id: str, since: float) -> None:
+        pass
+
     def send_to_server(self, server_id: str, frame) -> bool:
         if server_id not in self.net.links.get(self.server_id, set()):
             if isinstance(frame, Deferred):
@@ -296,7 +305,7 @@ class Node:
         self.presence = Presence(server_id)
         self.store = store if store is not None else MemoryStore()
         self.peers = NetLinks(net, server_id)
-        self.router = Router(self.presence, self.signer, self.peers)
+        self.router = Router(self.presence, self.signer, self.peers, clock=Clock())
         self.users = FakeUsers(self.presence)
         self.public = PublicChannel(
             self.store,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -70,7 +71,7 @@ class RealRouterContractTests(RouterContract, SynchronousTestCase):
         presence = Presence(HERE)
         presence.user_online_local(BOB, BOB_PUB, {}, FakeLink("bob", "user", BOB))
         presence.user_online_remote(CAROL, OTHER, ALICE_PUB, {})
-        return Router(presence, make_signer(), FakePeerLinks([OTHER]))
+        return Router(presence, make_signer(), FakePeerLinks([OTHER]), clock=Clock())
 
 
 class FakeRouterContractTests(RouterContract, SynchronousTestCase):
@@ -89,7 +90,8 @@ class RouterTests(SynchronousTestCase):
         self.presence = Presence(HERE)
         self.signer = make_signer()
         self.peers = FakePeerLinks([OTHER, THIRD])
-        self.router = Router(self.presence, self.signer, self.peers)
+        self.clock = Clock()
+        self.router = Router(self.presence, self.signer, self.peers, clock=self.clock)
         self.bob_link = FakeLink("bob", "user", BOB)
         self.presence.user_online_local(BOB, BOB_PUB, {}, self.bob_link)
         self.alice_link = FakeLink("alice", "user", ALICE)
@@ -98,7 +100,7 @@ class RouterTests(SynchronousTestCase):
         return wire.Envelope("SERVER_DELIVER", origin, HERE, ts, payload, "sig-checked-by-the-mesh")
 
     def test_registers_with_the_mesh(self) -> None:
-        self.assertEqual(set(self.peers.handlers), {"SERVER_DELIVER", "ERROR"})
+        self.assertEqual(set(self.peers.handlers), {"SERVER_DELIVER", "ERROR", "ACK"})
 
     def test_local_dm_is_a_signed_user_deliver_keeping_ts(self) -> None:
         fields = dm_fields()
@@ -224,6 +226,9 @@ class RouterTests(SynchronousTestCase):
 
     def test_delivery_error_reaches_the_sending_user(self) -> None:
         self.presence.user_online_local(ALICE, ALICE_PUB, {}, self.alice_link)
+        self.presence.user_online_remote(CAROL, OTHER, BOB_PUB, {})
+        self.router.route("MSG_DIRECT", CAROL, dm_fields(recipient=CAROL), TS, ALICE, ALICE_PUB)
+        sent = len(self.peers.sent)
         payload = {
             "code": "USER_NOT_FOUND",
             "detail": "no server hosts it",
@@ -236,7 +241,21 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual((frame["type"], frame["to"]), ("ERROR", ALICE))
         self.assertEqual(frame["payload"]["code"], "USER_NOT_FOUND")
         self.assertEqual(frame["payload"]["user_id"], CAROL)
-        self.assertEqual(self.peers.sent, [])  # an ERROR is never answered
+        self.assertEqual(frame["payload"]["ts"], TS)  # the client can tell which DM failed
+        self.assertEqual(frame["payload"]["msg_ref"], "MSG_DIRECT")
+        self.assertEqual(len(self.peers.sent), sent)  # an ERROR is never answered
+        # Reported once: a second error for the same DM, and the timeout, say nothing more.
+        self.peers.deliver(wire.Envelope("ERROR", OTHER, HERE, TS + 1, payload, "s"))
+        self.clock.advance(60)
+        self.assertEqual(len(self.alice_link.frames()), 1)
+
+    def test_an_error_for_no_dm_of_ours_is_not_passed_on(self) -> None:
+        # A lying peer cannot make our users believe their DMs failed.
+        self.presence.user_online_local(ALICE, ALICE_PUB, {}, self.alice_link)
+        payload = {"code": "USER_NOT_FOUND", "detail": "x", "msg_ref": "SERVER_DELIVER", "sender": ALICE}
+        self.peers.deliver(wire.Envelope("ERROR", OTHER, HERE, TS, {**payload, "user_id": CAROL}, "s"))
+        self.assertEqual(self.alice_link.frames(), [])
+        self.assertEqual(self.router.counters["late_errors"], 1)
 
     def test_other_errors_are_only_logged(self) -> None:
         self.presence.user_online_local(ALICE, ALICE_PUB, {}, self.alice_link)
@@ -256,7 +275,8 @@ class SignWhileCheckingTests(SynchronousTestCase):
         self.presence = Presence(HERE)
         self.signer = make_signer()
         self.peers = FakePeerLinks([OTHER])
-        self.router = Router(self.presence, self.signer, self.peers)
+        self.clock = Clock()
+        self.router = Router(self.presence, self.signer, self.peers, clock=self.clock)
         self.bob_link = FakeLink("bob", "user", BOB)
         self.presence.user_online_local(BOB, BOB_PUB, {}, self.bob_link)
         self.presence.user_online_remote(CAROL, OTHER, ALICE_PUB, {})

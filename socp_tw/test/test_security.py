@@ -186,7 +186,9 @@ class ServerDeliverWindowTests(SynchronousTestCase):
         identity = ServerIdentity(HERE, key, crypto.encode_public_key(key))
         self.signer = FrameSigner(identity, SynchronousWorkers(), now_ms=lambda: self.NOW)
         self.peers = FakePeerLinks([S1])
-        self.router = Router(self.presence, self.signer, self.peers, ts_window=300.0, now_ms=lambda: self.NOW)
+        self.router = Router(
+            self.presence, self.signer, self.peers, ts_window=300.0, now_ms=lambda: self.NOW, clock=Clock()
+        )
         self.bob_link = FakeLink("bob", "user", self.BOB)
         self.presence.user_online_local(self.BOB, crypto.encode_public_key(bob_key()), {}, self.bob_link)
 
@@ -218,7 +220,7 @@ class ServerDeliverWindowTests(SynchronousTestCase):
         self.assertEqual(self.router.counters["bad_deliver"], 1)
 
     def test_no_window_no_check(self) -> None:
-        router = Router(Presence(HERE), self.signer, FakePeerLinks([S1]))
+        router = Router(Presence(HERE), self.signer, FakePeerLinks([S1]), clock=Clock())
         self.assertIsNone(router._ts_window_ms)
 
 

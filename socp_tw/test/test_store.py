@@ -58,6 +58,7 @@ class StoreContractMixin:
                 "meta": {"note": "é", "n": [1, 2]},
                 "version": 1,
                 "created_at": NOW,
+                "home_server": None,
             },
         )
         self.assertIsNone((yield self.store.get_user(BOB)))

@@ -131,7 +131,8 @@ class MakeServiceTests(SynchronousTestCase):
         top = makeService(parse("--bind", "ws://127.0.0.1:0", "--data-dir", data))
         IServiceCollection(top)
         names = [s.name for s in top]
-        expected = ["workers", "store", "hub", "presence", "mesh", "router", "users", "files", "listener"]
+        expected = ["workers", "store", "userkeys", "hub", "presence", "mesh", "router", "users", "files"]
+        expected.append("listener")
         self.assertEqual(names, [*expected, "status", "memory-trim", "outgoing", "public"])
 
     def test_memory_trim_off(self) -> None:

@@ -79,7 +79,7 @@ class UserSideTestBase(SynchronousTestCase):
         self.hub = Hub(self.signer, clock=self.clock, limits=replace(DEFAULT_LIMITS, conn_burst=1000.0))
         self.presence = Presence(self.server_id)
         self.peers = FakePeerLinks([OTHER_SERVER])
-        self.router = Router(self.presence, self.signer, self.peers)
+        self.router = Router(self.presence, self.signer, self.peers, clock=self.clock)
         self.store = self.store_class()
         self.users = UserSide(
             self.hub, self.presence, self.router, self.store, self.signer, self.workers, clock=self.clock
