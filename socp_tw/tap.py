@@ -40,6 +40,9 @@ from socp_tw.workers import ThreadPoolWorkers
 
 _log = get_logger("socp_tw.tap")
 
+#: The pidfile's name in ``--data-dir`` when twistd is given no ``--pidfile``.
+PIDFILE = "twistd.pid"
+
 _WS_URL = re.compile(r"^(ws|wss)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})/?$")
 
 
@@ -194,6 +197,7 @@ class Options(usage.Options):
         self._post_file_options()
         self._post_security_options()
         self._seconds("memory-trim-interval", 0, 86400, low_means="off")
+        self._post_pidfile()
 
     def _seconds(self, name: str, low: float, high: float, low_means: str = "") -> float:
         """Turn option ``--name`` into a number of seconds in ``[low, high]`` (a usage error if not)."""
@@ -206,6 +210,28 @@ class Options(usage.Options):
             raise usage.UsageError(f"--{name} must be between {lowest} and {high:g} seconds")
         self[name] = value
         return value
+
+    def _post_pidfile(self) -> None:
+        """Under ``twistd`` with no ``--pidfile``, keep the pidfile in our own data dir.
+
+        twistd's default is ``./twistd.pid``, so a second server started from the same
+        directory would stop with "Another twistd server is running".  twistd checks the
+        pidfile before ``makeService``, so it is moved here, while options are parsed (the
+        parent makes it absolute after us).  twistd records no "given" flag: its default
+        is the very string object in ``parent.defaults``, a command-line argument is
+        another object even when spelled the same, so an explicit ``--pidfile twistd.pid``
+        (or ``--pidfile ''``, none) is kept as asked.
+        """
+        parent = getattr(self, "parent", None)
+        if parent is None or "pidfile" not in parent.defaults:
+            return
+        if parent["pidfile"] is parent.defaults["pidfile"]:
+            data_dir = Path(self["data-dir"])
+            try:
+                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(f"--data-dir: {e}") from None
+            parent["pidfile"] = str(data_dir / PIDFILE)
 
     def _post_security_options(self) -> None:
         """--ts-window, --identify-timeout, TLS for the listener (--tls-*) and for peers."""
