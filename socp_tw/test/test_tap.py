@@ -21,7 +21,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 import socp_tw
 from socp_tw import wire
 from socp_tw.identity import IDENTITY_FILE, IdentityError, load_or_create_identity
-from socp_tw.tap import PIDFILE, Options, makeService, parse_bind, parse_ws_url
+from socp_tw.tap import PIDFILE, Options, makeService
 from socp_tw.test.servers import prepare_data_dir
 
 
@@ -72,28 +72,6 @@ class OptionsTests(SynchronousTestCase):
         for bad in ("x", "-1", "nan", "86401"):
             e = self.assertRaises(usage.UsageError, parse, "--memory-trim-interval", bad)
             self.assertIn("--memory-trim-interval", str(e))
-
-
-class BindParsingTests(SynchronousTestCase):
-    def test_ws_url(self) -> None:
-        address = parse_bind("ws://127.0.0.1:9000")
-        self.assertEqual(address.endpoint, "tcp:9000:interface=127.0.0.1")
-        self.assertEqual(address.url(), "ws://127.0.0.1:9000")
-        self.assertEqual(address.url(1234), "ws://127.0.0.1:1234")
-
-    def test_ipv6(self) -> None:
-        address = parse_bind("ws://[::1]:9000")
-        self.assertEqual(address.endpoint, "tcp:9000:interface=\\:\\:1")
-        self.assertEqual(address.url(), "ws://[::1]:9000")
-
-    def test_endpoint_string(self) -> None:
-        address = parse_bind("tcp:9001:interface=127.0.0.1")
-        self.assertEqual((address.host, address.port), ("127.0.0.1", 9001))
-        self.assertEqual(parse_bind("tcp:port=9002").port, 9002)
-
-    def test_ws_url_parts(self) -> None:
-        self.assertEqual(parse_ws_url("ws://localhost:1/"), ("ws", "localhost", 1))
-        self.assertRaises(ValueError, parse_ws_url, "ws://:1")
 
 
 class IdentityTests(SynchronousTestCase):
