@@ -1,6 +1,8 @@
 """``twistd socp``: command-line options and the service graph of a SOCP server.
 
-``makeService`` returns a :class:`MultiService` whose children start in dependency
+``Options`` validates and turns values into settings with the factories next to what they
+build (:mod:`socp_tw.settings`, :mod:`socp_tw.listener`, :mod:`socp_tw.tls`); ``makeService``
+only wires. It returns a :class:`MultiService` whose children start in dependency
 order (workers, store, hub, presence, mesh, router, users, files, listener, status,
 outgoing, public) and so stop in reverse: the public channel reports its users' leaves while the
 server links are up, then outgoing links and the listener close before the services they feed.
@@ -8,20 +10,19 @@ server links are up, then outgoing links and the listener close before the servi
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.python import usage
 
 from socp_tw import tls, wire
 from socp_tw.bootstrap import BootstrapError, load_bootstrap
 from socp_tw.identity import IdentityError, load_or_create_identity
 from socp_tw.limits import DEFAULT_LIMITS, Limits
-from socp_tw.logs import LEVEL_NAMES, get_logger, set_log_level
+from socp_tw.listener import BindAddress, make_listener, parse_bind, parse_ws_url
+from socp_tw.logs import LEVEL_NAMES, set_log_level
 from socp_tw.memory import DEFAULT_INTERVAL as TRIM_INTERVAL
 from socp_tw.memory import MemoryTrimmer
 from socp_tw.protocols.peer import OutgoingLinks
@@ -36,61 +37,12 @@ from socp_tw.services.status import StatusReporter
 from socp_tw.services.store import DB_FILE, SQLiteStore, StoreError, read_user_keys
 from socp_tw.services.userkeys import UserKeys
 from socp_tw.services.users import UserSide
+from socp_tw.settings import peer_tls_policy, server_limits
 from socp_tw.signer import FrameSigner
 from socp_tw.workers import ThreadPoolWorkers
 
-_log = get_logger("socp_tw.tap")
-
-_WS_URL = re.compile(r"^(ws|wss)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})/?$")
-
-
-@dataclass(frozen=True)
-class BindAddress:
-    """Where to listen (an endpoint description) and how to name it (a ws:// URL)."""
-
-    endpoint: str
-    scheme: str
-    host: str
-    port: int
-
-    def url(self, port: int | None = None) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port if port is None else port}"
-
-
-def parse_ws_url(text: str) -> tuple[str, str, int]:
-    """Split ``ws://host:port`` into (scheme, host, port); raise ValueError otherwise."""
-    match = _WS_URL.match(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a ws://HOST:PORT URL")
-    scheme, host, port = match.group(1), match.group(2).strip("[]"), int(match.group(3))
-    if port > 65535:
-        raise ValueError(f"port {port} is out of range")
-    return scheme, host, port
-
-
-def parse_bind(text: str) -> BindAddress:
-    """Accept a ``ws://HOST:PORT`` or ``wss://HOST:PORT`` URL, or a Twisted ``tcp:`` endpoint string.
-
-    For ``wss://`` the endpoint is built by :func:`makeService` from ``--tls-cert``/``--tls-key``.
-    """
-    if text.startswith(("ws://", "wss://")):
-        scheme, host, port = parse_ws_url(text)
-        interface = host.replace(":", "\\:")
-        endpoint = f"tcp:{port}:interface={interface}" if scheme == "ws" else ""
-        return BindAddress(endpoint, scheme, host, port)
-    if text.startswith("tcp:"):
-        parts = re.split(r"(?<!\\):", text)
-        try:
-            port = int(parts[1] if "=" not in parts[1] else dict(p.split("=", 1) for p in parts[1:])["port"])
-        except (IndexError, KeyError, ValueError):
-            raise ValueError(f"endpoint {text!r} names no port") from None
-        host = "0.0.0.0"
-        for part in parts[1:]:
-            if part.startswith("interface="):
-                host = part.split("=", 1)[1].replace("\\:", ":")
-        return BindAddress(text, "ws", host, port)
-    raise ValueError(f"--bind takes ws://HOST:PORT or a tcp: endpoint string, not {text!r}")
+#: The pidfile's name in ``--data-dir`` when twistd is given no ``--pidfile``.
+PIDFILE = "twistd.pid"
 
 
 class Options(usage.Options):
@@ -195,6 +147,7 @@ class Options(usage.Options):
         self._post_file_options()
         self._post_security_options()
         self._seconds("memory-trim-interval", 0, 86400, low_means="off")
+        self._post_pidfile()
 
     def _seconds(self, name: str, low: float, high: float, low_means: str = "") -> float:
         """Turn option ``--name`` into a number of seconds in ``[low, high]`` (a usage error if not)."""
@@ -208,18 +161,33 @@ class Options(usage.Options):
         self[name] = value
         return value
 
+    def _post_pidfile(self) -> None:
+        """Under ``twistd`` with no ``--pidfile``, keep the pidfile in our own data dir.
+
+        twistd's default is ``./twistd.pid``, so a second server started from the same
+        directory would stop with "Another twistd server is running".  twistd checks the
+        pidfile before ``makeService``, so it is moved here, while options are parsed (the
+        parent makes it absolute after us).  twistd records no "given" flag: its default
+        is the very string object in ``parent.defaults``, a command-line argument is
+        another object even when spelled the same, so an explicit ``--pidfile twistd.pid``
+        (or ``--pidfile ''``, none) is kept as asked.
+        """
+        parent = getattr(self, "parent", None)
+        if parent is None or "pidfile" not in parent.defaults:
+            return
+        if parent["pidfile"] is parent.defaults["pidfile"]:
+            data_dir = Path(self["data-dir"])
+            try:
+                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(f"--data-dir: {e}") from None
+            parent["pidfile"] = str(data_dir / PIDFILE)
+
     def _post_security_options(self) -> None:
         """--ts-window, --identify-timeout, TLS for the listener (--tls-*) and for peers."""
         window = self._seconds("ts-window", 1.0, 86400.0)
         identify_timeout = self._seconds("identify-timeout", 1.0, 3600.0)
-        self["limits"] = replace(
-            DEFAULT_LIMITS,
-            max_frame_bytes=self["max-frame-bytes"],
-            ts_window=window,
-            seen_ids_ttl=max(DEFAULT_LIMITS.seen_ids_ttl, 2 * window),
-            identify_timeout=identify_timeout,
-            auth_timeout=max(DEFAULT_LIMITS.auth_timeout, identify_timeout),
-        )
+        self["limits"] = server_limits(self["max-frame-bytes"], window, identify_timeout)
         address: BindAddress = self["bind_address"]
         self["tls_context"] = None
         if address.scheme == "wss":
@@ -233,17 +201,14 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
         elif self["tls-cert"] or self["tls-key"] or self["tls-chain"]:
             raise usage.UsageError("--tls-cert/--tls-key/--tls-chain need --bind wss://HOST:PORT")
-        schemes = [parse_ws_url(url) for url in self["peer"]]
-        self["peer_tls"] = tls.PeerTLS(
-            default=address.scheme == "wss",
-            ca_file=self["tls-ca"],
-            pins=self["peer-pin"],
-            pin_only=bool(self["pin-only"]),
-            tls_addresses=[(host, port) for scheme, host, port in schemes if scheme == "wss"],
-            plain_addresses=[(host, port) for scheme, host, port in schemes if scheme == "ws"],
-        )
         try:
-            self["peer_tls"].check()
+            self["peer_tls"] = peer_tls_policy(
+                address.scheme,
+                map(parse_ws_url, self["peer"]),
+                ca_file=self["tls-ca"],
+                pins=self["peer-pin"],
+                pin_only=bool(self["pin-only"]),
+            )
         except tls.TLSConfigError as e:
             raise usage.UsageError(f"peer TLS: {e}") from None
 
@@ -278,27 +243,13 @@ class Options(usage.Options):
             self["advertise_address"] = None
 
 
-class ListeningService(StreamServerEndpointService):
-    """Listen on an endpoint, fail start-up if the port is busy, log the URL once listening."""
-
-    def __init__(self, endpoint, factory, address: BindAddress, server_id: str) -> None:
-        super().__init__(endpoint, factory)
-        self._raiseSynchronously = True
-        self.address = address
-        self.server_id = server_id
-        self.port = None
-        self.url: str | None = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port):
-        self.port = port
-        self.url = self.address.url(port.getHost().port)
-        self.factory.setSessionParameters(url=self.url, server=self.factory.server)
-        _log.info("Server {server_id} listening on {url}", server_id=self.server_id, url=self.url)
-        return port
+@contextmanager
+def _exit_on(*errors: type[Exception], what: str = "") -> Iterator[None]:
+    """Turn ``errors`` into a start-up stop, ``socp: <what><error>`` with no traceback."""
+    try:
+        yield
+    except errors as e:
+        raise SystemExit(f"socp: {what}{e}") from None
 
 
 def makeService(config: Options, reactor=None) -> MultiService:
@@ -307,21 +258,17 @@ def makeService(config: Options, reactor=None) -> MultiService:
         from twisted.internet import reactor
     set_log_level(config["log-level"])
     data_dir = Path(config["data-dir"])
-    try:
+    with _exit_on(IdentityError, OSError):
         identity = load_or_create_identity(data_dir, config["server-id"])
-    except (IdentityError, OSError) as e:
-        raise SystemExit(f"socp: {e}") from None
+    limits: Limits = config["limits"]
 
     top = MultiService()
     workers = ThreadPoolWorkers(reactor=reactor)
     workers.setServiceParent(top)
-    try:
-        # Migrates the schema now, before anything listens (see socp_tw.services.store).
+    # Migrates the schema now, before anything listens (see socp_tw.services.store).
+    with _exit_on(StoreError, OSError, what="database: "):
         store = SQLiteStore(data_dir / DB_FILE, reactor=reactor)
-    except (StoreError, OSError) as e:
-        raise SystemExit(f"socp: database: {e}") from None
     store.setServiceParent(top)
-    limits: Limits = config["limits"]
     user_keys = UserKeys(store, read_user_keys(store.path), max_gossip_pins=limits.max_gossip_user_pins)
     user_keys.setServiceParent(top)
     signer = FrameSigner(identity, workers)
@@ -330,17 +277,19 @@ def makeService(config: Options, reactor=None) -> MultiService:
     presence = Presence(identity.server_id, max_remote_users=limits.max_remote_users)
     presence.setServiceParent(top)
     address: BindAddress = config["bind_address"]
-
-    def advertised() -> tuple[str, int]:
-        # The bind address with the port actually listened on (port 0 in tests).
-        if config["advertise_address"] is not None:
-            return config["advertise_address"]
-        port = listener.port.getHost().port if listener.port is not None else address.port
-        return address.host, port
-
-    if config["advertise_address"] is None and address.host in ("0.0.0.0", "::", ""):
-        _log.warn("Listening on all interfaces: pass --advertise ws://HOST:PORT so peers can reach us")
-    try:
+    # Port 0 (tests) is only known once listening; the listener sets the URL then.
+    factory = SOCPServerFactory(
+        address.url() if address.port else None, hub, max_frame_bytes=config["max-frame-bytes"], limits=limits
+    )
+    listener = make_listener(
+        reactor,
+        address,
+        factory,
+        identity.server_id,
+        tls_context=config["tls_context"],
+        advertise=config["advertise_address"],
+    )
+    with _exit_on(PinStoreError):
         mesh = Mesh(
             signer,
             hub,
@@ -349,7 +298,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
             data_dir=data_dir,
             peers=config["peer_addresses"],
             bootstrap=config["bootstrap_entries"],
-            advertise=advertised,
+            advertise=listener.advertised,
             workers=workers,
             seen_max=limits.seen_ids_max,
             seen_max_age=limits.seen_ids_ttl,
@@ -358,8 +307,6 @@ def makeService(config: Options, reactor=None) -> MultiService:
             limits=limits,
             user_keys=user_keys,
         )
-    except PinStoreError as e:
-        raise SystemExit(f"socp: {e}") from None
     mesh.setServiceParent(top)
     router = Router(
         presence,
@@ -391,17 +338,6 @@ def makeService(config: Options, reactor=None) -> MultiService:
         max_file_bytes=config["max-file-bytes"],
     )
     files.setServiceParent(top)
-
-    # Port 0 (tests) is only known once listening; ListeningService sets the URL then.
-    factory = SOCPServerFactory(
-        address.url() if address.port else None, hub, max_frame_bytes=config["max-frame-bytes"], limits=limits
-    )
-    if address.scheme == "wss":
-        endpoint = tls.server_endpoint(reactor, address.host, address.port, config["tls_context"])
-    else:
-        endpoint = endpoints.serverFromString(reactor, address.endpoint)
-    listener = ListeningService(endpoint, factory, address, identity.server_id)
-    listener.setName("listener")
     listener.setServiceParent(top)
     StatusReporter(mesh, presence, config["status-interval"], clock=reactor).setServiceParent(top)
     if config["memory-trim-interval"] > 0:

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
 from pathlib import Path
 
 from twisted.application.service import IServiceCollection
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ProcessExitedAlready
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.scripts._twistd_unix import ServerOptions
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+import socp_tw
 from socp_tw import wire
 from socp_tw.identity import IDENTITY_FILE, IdentityError, load_or_create_identity
-from socp_tw.tap import Options, makeService, parse_bind, parse_ws_url
+from socp_tw.tap import PIDFILE, Options, makeService
 from socp_tw.test.servers import prepare_data_dir
 
 
@@ -62,28 +72,6 @@ class OptionsTests(SynchronousTestCase):
         for bad in ("x", "-1", "nan", "86401"):
             e = self.assertRaises(usage.UsageError, parse, "--memory-trim-interval", bad)
             self.assertIn("--memory-trim-interval", str(e))
-
-
-class BindParsingTests(SynchronousTestCase):
-    def test_ws_url(self) -> None:
-        address = parse_bind("ws://127.0.0.1:9000")
-        self.assertEqual(address.endpoint, "tcp:9000:interface=127.0.0.1")
-        self.assertEqual(address.url(), "ws://127.0.0.1:9000")
-        self.assertEqual(address.url(1234), "ws://127.0.0.1:1234")
-
-    def test_ipv6(self) -> None:
-        address = parse_bind("ws://[::1]:9000")
-        self.assertEqual(address.endpoint, "tcp:9000:interface=\\:\\:1")
-        self.assertEqual(address.url(), "ws://[::1]:9000")
-
-    def test_endpoint_string(self) -> None:
-        address = parse_bind("tcp:9001:interface=127.0.0.1")
-        self.assertEqual((address.host, address.port), ("127.0.0.1", 9001))
-        self.assertEqual(parse_bind("tcp:port=9002").port, 9002)
-
-    def test_ws_url_parts(self) -> None:
-        self.assertEqual(parse_ws_url("ws://localhost:1/"), ("ws", "localhost", 1))
-        self.assertRaises(ValueError, parse_ws_url, "ws://:1")
 
 
 class IdentityTests(SynchronousTestCase):
@@ -154,3 +142,175 @@ class MakeServiceTests(SynchronousTestCase):
         makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
         self.assertIn("socp", makers)
         self.assertIs(makers["socp"].options, Options)
+
+
+class PidfileTests(SynchronousTestCase):
+    """Under twistd, the pidfile goes to the data dir unless ``--pidfile`` says otherwise."""
+
+    def setUp(self) -> None:
+        self.cwd = Path(self.mktemp()).absolute()
+        self.cwd.mkdir(parents=True)
+        old = os.getcwd()
+        os.chdir(self.cwd)
+        self.addCleanup(os.chdir, old)
+
+    def twistd(self, *args: str) -> ServerOptions:
+        config = ServerOptions()
+        config.parseOptions(list(args))
+        return config
+
+    def test_default_goes_to_data_dir(self) -> None:
+        config = self.twistd("-n", "socp", "--data-dir", "a")
+        self.assertEqual(config["pidfile"], str(self.cwd / "a" / PIDFILE))
+        self.assertEqual((self.cwd / "a").stat().st_mode & 0o777, 0o700)
+        self.assertEqual(self.twistd("-n", "socp")["pidfile"], str(self.cwd / "socp-data" / PIDFILE))
+
+    def test_existing_data_dir_kept_as_is(self) -> None:
+        (self.cwd / "b").mkdir(mode=0o750)
+        os.chmod(self.cwd / "b", 0o750)
+        self.assertEqual(self.twistd("socp", "--data-dir", "b")["pidfile"], str(self.cwd / "b" / PIDFILE))
+        self.assertEqual((self.cwd / "b").stat().st_mode & 0o777, 0o750)
+
+    def test_explicit_pidfile_kept(self) -> None:
+        self.assertEqual(self.twistd("--pidfile", "/run/x.pid", "socp")["pidfile"], "/run/x.pid")
+        # The same name as twistd's default, given on purpose: kept where asked.
+        name = "".join(["twistd", ".pid"])
+        self.assertEqual(self.twistd("--pidfile", name, "socp")["pidfile"], str(self.cwd / "twistd.pid"))
+        self.assertFalse((self.cwd / "socp-data").exists())
+
+    def test_empty_pidfile_means_none(self) -> None:
+        self.assertEqual(self.twistd("-n", "--pidfile", "", "socp", "--data-dir", "a")["pidfile"], "")
+        self.assertEqual(self.twistd("-n", "--pidfile=", "socp")["pidfile"], "")
+
+    def test_uncreatable_data_dir(self) -> None:
+        (self.cwd / "file").write_text("")
+        e = self.assertRaises(usage.UsageError, self.twistd, "socp", "--data-dir", "file/sub")
+        self.assertIn("--data-dir", str(e))
+
+
+#: How long one twistd process may take to come up, link, or stop (a shared, loaded machine).
+PROCESS_TIMEOUT = 60.0
+
+
+class _Twistd(protocol.ProcessProtocol):
+    """One ``twistd -n socp`` process: its output so far, and waits on it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.output = ""
+        self.ended: defer.Deferred = defer.Deferred()
+        self._waits: list[tuple[re.Pattern, defer.Deferred]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+        for wait in list(self._waits):
+            if wait[0].search(self.output):
+                self._waits.remove(wait)
+                wait[1].callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        for pattern, d in self._waits:
+            d.errback(AssertionError(f"{self.name} ended before {pattern.pattern!r}:\n{self.output}"))
+        self._waits = []
+        self.ended.callback(reason.value)
+
+    def wait_for(self, pattern: str) -> defer.Deferred:
+        """Fire once the output matches ``pattern``; fail after PROCESS_TIMEOUT seconds."""
+        compiled = re.compile(pattern)
+        if compiled.search(self.output):
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waits.append((compiled, d))
+
+        def timed_out(failure):
+            if (compiled, d) in self._waits:
+                self._waits.remove((compiled, d))
+            raise AssertionError(f"{self.name}: no {pattern!r} in {PROCESS_TIMEOUT:g} s:\n{self.output}")
+
+        return d.addTimeout(PROCESS_TIMEOUT, reactor).addErrback(timed_out)
+
+
+def _readme_commands(section: str) -> list[str]:
+    """The ``twistd`` command lines of one README section, their comments dropped."""
+    readme = Path(socp_tw.__file__).resolve().parent.parent / "README.md"
+    if not readme.exists():
+        raise SkipTest("README.md is not next to the package (an installed copy)")
+    text = readme.read_text("utf-8").split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.startswith("    twistd ")]
+    return [line.split("#", 1)[0].strip() for line in lines]
+
+
+def _free_ports(count: int) -> list[int]:
+    """Loopback ports free right now (held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class ReadmeMeshTests(TestCase):
+    """The README's three-server mesh, typed as written, from one directory (issue 18)."""
+
+    timeout = 4 * PROCESS_TIMEOUT
+
+    def test_recipe_is_the_mesh_start(self) -> None:
+        """The quick recipe starts its two servers with the mesh's first two commands."""
+        self.assertEqual(
+            _readme_commands("Quick recipe: two servers, two users"),
+            _readme_commands("A three-server mesh")[:2],
+        )
+
+    @defer.inlineCallbacks
+    def test_three_servers_from_one_directory(self):
+        commands = _readme_commands("A three-server mesh")
+        self.assertEqual(len(commands), 3, commands)
+        cwd = Path(self.mktemp()).absolute()
+        cwd.mkdir(parents=True)
+        # a and b hold a ready identity (no key generation); c starts from nothing, like a new user.
+        for index, name in enumerate("ab"):
+            os.rename(prepare_data_dir(self, index), cwd / name)
+        ports = dict(zip(("8765", "8766", "8767"), map(str, _free_ports(3)), strict=True))
+        tree = str(Path(socp_tw.__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])}
+        processes: list[tuple[_Twistd, Path, int]] = []
+        for command in commands:
+            argv = shlex.split(re.sub(r"\b(8765|8766|8767)\b", lambda m: ports[m.group(1)], command))
+            self.assertEqual(argv[:3], ["twistd", "-n", "socp"])
+            data_dir = cwd / argv[argv.index("--data-dir") + 1]
+            twistd = _Twistd(data_dir.name)
+            argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *argv[1:]]
+            transport = reactor.spawnProcess(twistd, sys.executable, argv, env=env, path=str(cwd))
+            self.addCleanup(self._kill, transport, twistd)
+            processes.append((twistd, data_dir, transport.pid))
+            port = ports[{"a": "8765", "b": "8766", "c": "8767"}[data_dir.name]]
+            yield twistd.wait_for(rf"listening on ws://127\.0\.0\.1:{port}\b")
+        ids = {d: json.loads((d / IDENTITY_FILE).read_text())["server_id"] for _, d, _ in processes}
+        for twistd, data_dir, pid in processes:
+            # Linked to both others, though c names only b (and a names nobody).
+            others = "".join(f"(?=[^|]*{ids[d]})" for d in ids if d != data_dir)
+            yield twistd.wait_for(rf"Status: Known servers: {others}[^|]*\|[^|]*\| links=2 ")
+            self.assertEqual((data_dir / PIDFILE).read_text(), str(pid))
+        self.assertEqual((cwd / "c").stat().st_mode & 0o777, 0o700)
+        self.assertFalse((cwd / PIDFILE).exists())
+        for twistd, data_dir, pid in processes:
+            os.kill(pid, signal.SIGTERM)
+            ended = yield twistd.ended.addTimeout(PROCESS_TIMEOUT, reactor)
+            # twistd re-raises the signal it stopped on (app._exitWithSignal).
+            self.assertEqual(ended.signal, signal.SIGTERM, twistd.output)
+            self.assertFalse((data_dir / PIDFILE).exists(), twistd.output)
+            self.assertNotIn("Traceback", twistd.output)
+
+    @staticmethod
+    def _kill(transport, twistd: _Twistd) -> defer.Deferred:
+        if not twistd.ended.called:
+            try:
+                transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass  # its end is on its way
+        return twistd.ended
