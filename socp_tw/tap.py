@@ -363,9 +363,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
     router.setServiceParent(top)
     users = UserSide(hub, presence, router, store, signer, workers, clock=reactor, limits=limits)
     users.setServiceParent(top)
-    public = PublicChannel(
-        store, presence, mesh, router, users, signer, identity.private_key, workers, clock=reactor
-    )
+    public = PublicChannel(store, presence, mesh, router, users, signer, workers, clock=reactor)
     files = FileRelay(
         users,
         presence,

@@ -14,6 +14,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from hypothesis import given, settings
@@ -41,7 +42,7 @@ from socp_tw.services.public import (
 from socp_tw.services.router import Router
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key, vector_key
-from socp_tw.testing import FakeLink, MemoryStore, SynchronousWorkers, verify_server_frame
+from socp_tw.testing import FakeLink, FakeUserFrames, MemoryStore, SynchronousWorkers, verify_server_frame
 
 # Server ids sort A < B < C: A is the leader whenever it is linked.
 A = "0aaaaaaa-0000-4000-8000-000000000001"
@@ -206,8 +207,9 @@ class KeyPartsTests(SynchronousTestCase):
     def test_parts_are_signed_and_unwrap(self) -> None:
         creator = test_key(0)
         creator_pub = crypto.encode_public_key(creator)
+        signer = FrameSigner(ServerIdentity(A, creator, creator_pub), SynchronousWorkers())
         members = [(ALICE, user_pub(ALICE)), (BOB, user_pub(BOB)), (CAROL, user_pub(CAROL))]
-        parts = make_key_parts(creator, creator_pub, members, 2)
+        parts = make_key_parts(signer.sign_content_now, creator_pub, members, 2)
         self.assertEqual([len(p["shares"]) for p in parts], [2, 1])
         keys = set()
         for part in parts:
@@ -217,31 +219,12 @@ class KeyPartsTests(SynchronousTestCase):
                 keys.add(crypto.oaep_decrypt(user_key(share["member"]), share["wrapped_public_channel_key"]))
         self.assertEqual(len(keys), 1)
         self.assertEqual(len(keys.pop()), 32)
-        again = make_key_parts(creator, creator_pub, members[:1], 2)
+        again = make_key_parts(signer.sign_content_now, creator_pub, members[:1], 2)
         fresh = crypto.oaep_decrypt(user_key(ALICE), again[0]["shares"][0]["wrapped_public_channel_key"])
         self.assertNotIn(fresh, keys)
 
 
 # ---------------------------------------------------------------- simulated servers
-
-
-class FakeUsers:
-    """What PublicChannel needs of the user side."""
-
-    def __init__(self, presence: Presence) -> None:
-        self.presence = presence
-        self.handlers: dict[str, Callable] = {}
-        self.errors: list[tuple[str, str, dict]] = []
-
-    def register_user_frame(self, frame_type: str, handler: Callable) -> None:
-        self.handlers[frame_type] = handler
-
-    def send_error(self, link, code, detail, ref=None, to=None, **extra) -> None:
-        self.errors.append((code, detail, extra))
-
-    def authenticated_key(self, user_id: str) -> str | None:
-        entry = self.presence.lookup(user_id)
-        return entry.pubkey if entry is not None and entry.local else None
 
 
 @implementer(IPeerLinks)
@@ -297,7 +280,7 @@ class Node:
         self.store = store if store is not None else MemoryStore()
         self.peers = NetLinks(net, server_id)
         self.router = Router(self.presence, self.signer, self.peers)
-        self.users = FakeUsers(self.presence)
+        self.users = FakeUserFrames(self.presence)
         self.public = PublicChannel(
             self.store,
             self.presence,
@@ -305,7 +288,6 @@ class Node:
             self.router,
             self.users,
             self.signer,
-            key,
             self.workers,
             clock=net.clock,
             **options,
@@ -734,8 +716,10 @@ class MessageTests(PublicTestBase):
         self.b.presence.user_offline_local(CAROL)  # gone, but its leave not merged here yet
         self.a.presence.user_offline_remote(CAROL, B)
         self.send(public_message(ALICE, CAROL))
-        [(code, _detail, extra)] = self.a.users.errors
-        self.assertEqual((code, extra), ("USER_NOT_FOUND", {"user_id": CAROL}))
+        [(link, error)] = self.a.users.errors
+        self.assertIs(link, self.alice)
+        self.assertEqual(error.pop("detail"), f"member {CAROL} is not online")
+        self.assertEqual(error, {"code": "USER_NOT_FOUND", "msg_ref": "MSG_PUBLIC_CHANNEL", "user_id": CAROL})
 
     def test_forged_content_sig(self) -> None:
         forged = public_message(ALICE, BOB, content_sig=public_message(BOB, BOB).payload["content_sig"])
@@ -955,7 +939,7 @@ class KeyTests(PublicTestBase):
         self.net.unlink(A, B)  # both lead their own half and make a key for the same state
         self.net.join_user(a, ALICE)
         b.public.state.merge([a.state.states[ALICE]], {A: 1})
-        b.public._key_check()
+        b.public.rekeying.check()
         self.assertEqual(b.public.key.creator, B)
         self.net.link(A, B)
         self.net.pump()
@@ -1127,7 +1111,7 @@ class PushIntervalTests(PublicTestBase):
         self.assertEqual([m["user_id"] for m in carol["members"]], sorted([ALICE, BOB]))
         self.assertEqual(node.public.counters["snapshots_signed"], 2)
         self.net.clock.advance(1)
-        self.assertIsNone(node.public._snapshot)  # not kept once nobody arrives
+        self.assertIsNone(node.public.pushes.snapshot)  # not kept once nobody arrives
 
     def test_a_failed_snapshot_is_signed_again_for_the_next_user(self) -> None:
         node = self.node(A, push_interval=0.5)
@@ -1135,7 +1119,7 @@ class PushIntervalTests(PublicTestBase):
         self.net.clock.advance(0.1)
         real = node.signer.frame
         self.net.clock.advance(1)  # Alice's snapshot is no longer kept
-        self.assertIsNone(node.public._snapshot)
+        self.assertIsNone(node.public.pushes.snapshot)
         self.patch(node.signer, "frame", lambda *a, **k: fail(RuntimeError("pool down")))
         self.net.join_user(node, BOB)
         for _, frame in self.net.broadcasts:  # the ADD for Bob's join failed to sign too
@@ -1143,7 +1127,7 @@ class PushIntervalTests(PublicTestBase):
                 frame.addErrback(lambda _: None)
         self.flushLoggedErrors(RuntimeError)
         self.assertEqual([u for u in self.updates(node, BOB) if u["reset"]], [])  # his link skipped it
-        self.assertIsNone(node.public._snapshot)
+        self.assertIsNone(node.public.pushes.snapshot)
         self.patch(node.signer, "frame", real)
         self.net.join_user(node, CAROL)
         [carol] = [u for u in self.updates(node, CAROL) if u["reset"]]
@@ -1393,7 +1377,10 @@ class ClientPublicTests(SynchronousTestCase):
     def test_key_share(self) -> None:
         creator_pub = server_pub(A)
         [part] = make_key_parts(
-            test_key(0), creator_pub, [(ALICE, user_pub(ALICE)), (BOB, user_pub(BOB))], 64
+            partial(crypto.sign_content, test_key(0)),
+            creator_pub,
+            [(ALICE, user_pub(ALICE)), (BOB, user_pub(BOB))],
+            64,
         )
         payload = {**part, "creator_pub": creator_pub, "version": 3, "creator": A, "part": 0, "parts": 1}
         self.push("PUBLIC_CHANNEL_KEY_SHARE", payload)
