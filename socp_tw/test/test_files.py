@@ -376,8 +376,8 @@ class RelayTests(RelayTestBase):
 
 class RelayPacingTests(RelayTestBase):
     def test_rate_slows_the_sender_down(self) -> None:
-        self.relay._rate.rate, self.relay._rate.burst = 10.0, 2.0
-        self.relay._rate.forget(self.alice_id)
+        self.relay.pacer.rate.rate, self.relay.pacer.rate.burst = 10.0, 2.0
+        self.relay.pacer.rate.forget(self.alice_id)
         data = b"q" * (3 * CHUNK_BYTES)
         self.start("f1", data)
         self.chunk("f1", 0, data[:CHUNK_BYTES])
