@@ -34,6 +34,13 @@ class ISigner(Interface):
     def frame_now(type, to, payload, ts=None):
         """Like :meth:`frame` but synchronous: for cold paths and tests only."""
 
+    def sign_content_now(preimage):
+        """Return this server's ``content_sig`` (RSASSA-PSS, b64url) over ``preimage`` (bytes).
+
+        Synchronous, a private-key operation: call it from work already running on the
+        workers (e.g. signing the shares of a new public-channel group key).
+        """
+
 
 class ILink(Interface):
     """One WebSocket connection, user or server, incoming or outgoing."""
@@ -199,6 +206,31 @@ class IPeerLinks(Interface):
 
     def add_change_observer(callback):
         """Call ``callback()`` (no arguments) whenever :meth:`connected_servers` changes."""
+
+
+class IUserFrames(Interface):
+    """The user side as the services that handle user frames see it (public channel, files).
+
+    Frames of a registered type reach their handler only from an authenticated user link
+    and after the ``from`` check.
+    """
+
+    def register_user_frame(frame_type, handler):
+        """Call ``handler(link, user_id, envelope)`` for every ``frame_type`` frame of a local user.
+
+        The handler may return a Deferred (the link's next frame waits for it) and raise
+        ``wire.FrameError`` to have it answered with ``ERROR`` (its code and detail).
+        """
+
+    def send_error(link, code, detail, ref=None, to=None, **extra):
+        """Send a server-signed ``ERROR {code, detail, msg_ref?, ...extra}`` on user ``link``.
+
+        ``ref`` is the type of the frame it answers; ``to`` the recipient when the link has
+        no identity yet.  Dropped once the connection is past its error budget.
+        """
+
+    def authenticated_key(user_id):
+        """The key (b64u DER) a local user authenticated with, or None if not local."""
 
 
 class UserNotFound(Exception):

@@ -40,6 +40,10 @@ class FrameSigner:
         sig = crypto.pss_sign(self._identity.private_key, body)
         return encode_signed_frame(type, self.server_id, to, self._now_ms() if ts is None else ts, body, sig)
 
+    def sign_content_now(self, preimage: bytes) -> str:
+        """This server's content_sig over ``preimage``, synchronously (call it on the workers)."""
+        return crypto.sign_content(self._identity.private_key, preimage)
+
     def frame(self, type: str, to: str, payload: dict, ts: int | None = None) -> Deferred[bytes]:
         """Sign on the worker pool; fire with the encoded frame."""
         stamp = self._now_ms() if ts is None else ts

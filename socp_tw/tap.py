@@ -324,9 +324,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         hub, presence, router, store, signer, workers, clock=reactor, limits=limits, user_keys=user_keys
     )
     users.setServiceParent(top)
-    public = PublicChannel(
-        store, presence, mesh, router, users, signer, identity.private_key, workers, clock=reactor
-    )
+    public = PublicChannel(store, presence, mesh, router, users, signer, workers, clock=reactor)
     files = FileRelay(
         users,
         presence,

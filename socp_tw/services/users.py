@@ -47,6 +47,7 @@ from socp_tw.interfaces import (
     IRouter,
     ISigner,
     IStore,
+    IUserFrames,
     IUserKeys,
     IWorkers,
     Unverified,
@@ -247,7 +248,7 @@ def _optional_str(payload: dict[str, Any], name: str, max_len: int) -> str | Non
 # ----------------------------------------------------------------- the service
 
 
-@implementer(ILinkHandler, IPresenceObserver)
+@implementer(ILinkHandler, IPresenceObserver, IUserFrames)
 class UserSide(Service):
     """Authenticate users and serve their links."""
 

@@ -256,7 +256,6 @@ class Server:
             self.router,
             self.users,
             self.signer,
-            key,
             self.workers,
             clock=self.clock,
         )

@@ -1,42 +1,12 @@
-"""The server's side of file transfer (PROTOCOL.md §6, docs/FILES.md): policy and pacing.
-
-:class:`FileRelay` handles ``FILE_START`` / ``FILE_CHUNK`` / ``FILE_END`` on authenticated
-user links (through :meth:`UserSide.register_user_frame`), on the *sender's* server, where a
-transfer enters the network.  It never decrypts; it checks, paces and routes:
-
-- **limits**: ``size`` at most ``max_file_bytes`` (``FILE_TOO_LARGE``); at most
-  ``max_transfers_per_user`` open transfers per user (``RATE_LIMITED``); chunk indexes below
-  the file's chunk count and no more chunks than that (``BAD_FIELD``); a chunk or end for no
-  open transfer gets ``FILE_UNKNOWN``.  Every ERROR names the ``file_id``.
-- **content**: each frame's ``content_sig`` is checked (``INVALID_SIG``) before it is routed.
-- **rate**: a token bucket per user (``frame_rate`` frames/s, ``frame_burst``).  A user going
-  faster is slowed down, not refused: its frame waits, the link's later frames wait behind
-  it, and the user side stops reading the connection (TCP pushes back on the client).
-- **bounded frames per transfer**: a link's frames are handled one at a time, in order.  A
-  file frame is verified on the worker pool, which is FIFO, so its check runs only once the
-  previous frame's signing job (queued by the router) has started: at most ``workers.size + 1``
-  frames of a transfer wait for a signature.  Before routing, the relay waits while the next
-  hop (the recipient's link, or the link to its server) has more than ``max_send_buffer``
-  bytes not yet taken by the kernel.  So a slow path slows the sender down instead of
-  filling the server's memory.
-- **timeouts**: a transfer with no frame for ``idle_timeout`` seconds is dropped and its
-  sender gets ``ERROR TIMEOUT``; a sender that goes offline loses its open transfers.
-
-The recipient's server needs no state: the router checks and delivers each frame as it
-comes from the mesh, in order.
-"""
+"""The :class:`FileRelay` service: checks, paces and routes the FILE_* frames of local senders."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from socp_tw import crypto, wire
@@ -47,96 +17,31 @@ from socp_tw.interfaces import (
     IPresence,
     IPresenceObserver,
     IRouter,
+    IUserFrames,
     IWorkers,
     UserNotFound,
 )
-from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter
+from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
+from socp_tw.services.files.pacing import MAX_SEND_BUFFER, Pacer
+from socp_tw.services.files.transfers import (
+    FILE_FRAMES,
+    Dropped,
+    FileTooLarge,
+    Transfer,
+    Transfers,
+    chunk_count,
+)
 
-__all__ = [
-    "CHUNK_BYTES",
-    "FILE_FRAMES",
-    "FileRelay",
-    "chunk_count",
-    "send_backlog",
-]
-
-FILE_FRAMES = ("FILE_START", "FILE_CHUNK", "FILE_END")
-
-#: Plaintext bytes per chunk: one RSA-4096 OAEP-SHA256 block (PROTOCOL.md §2).
-CHUNK_BYTES = crypto.OAEP_MAX_PLAINTEXT
+__all__ = ["FILE_FRAME_BURST", "FILE_FRAME_RATE", "FileRelay"]
 
 FILE_FRAME_RATE = 500.0  # file frames per second per user, sustained (~218 KiB/s of file)
 FILE_FRAME_BURST = 1000.0
-MAX_SEND_BUFFER = 256 * 1024  # bytes queued on the next hop before file frames wait
-PRESSURE_POLL = 0.02  # seconds between looks at a full next hop
 MAX_SENDER_PUB = 16384
-
-
-def chunk_count(size: int) -> int:
-    """How many chunks carry a file of ``size`` bytes (0 for an empty file)."""
-    return math.ceil(size / CHUNK_BYTES)
-
-
-def send_backlog(link: Any) -> int:
-    """Bytes sent to ``link`` that its transport has not yet handed to the kernel.
-
-    Counts the ready frames its sender holds back (``queued_bytes``) and reads Twisted's
-    ``FileDescriptor`` buffers (``dataBuffer``, ``_tempDataLen``), looking through a TLS
-    wrapper; 0 when the link has no such transport (fakes, unknown transports).
-    """
-    total = int(getattr(link, "queued_bytes", 0) or 0)  # ready frames its sender holds back
-    transport = getattr(link, "transport", None)
-    for _ in range(4):  # link -> (TLS wrapper ->) TCP connection
-        if transport is None:
-            break
-        buffered = getattr(transport, "dataBuffer", None)
-        if isinstance(buffered, (bytes, bytearray, memoryview)):
-            total += len(buffered) - int(getattr(transport, "offset", 0) or 0)
-            total += int(getattr(transport, "_tempDataLen", 0) or 0)
-        pending = getattr(transport, "_appSendBuffer", None)
-        if isinstance(pending, list):
-            total += sum(len(item) for item in pending if isinstance(item, bytes))
-        transport = getattr(transport, "transport", None)
-    return total
-
-
-class FileTooLarge(wire.FrameError):
-    """FILE_START announces more bytes than this server relays."""
-
-    code = "FILE_TOO_LARGE"
-
-
-class FileUnknown(wire.FrameError):
-    """A FILE_CHUNK or FILE_END for a transfer that is not open (never started, ended or dropped)."""
-
-    code = "FILE_UNKNOWN"
 
 
 class _UserNotFound(wire.FrameError):
     code = "USER_NOT_FOUND"
-
-
-class _Timeout(wire.FrameError):
-    code = "TIMEOUT"
-
-
-class _Dropped(Exception):
-    """The transfer was dropped (timeout, sender offline) while one of its frames waited."""
-
-
-@dataclass(eq=False)
-class Transfer:
-    """One open transfer, keyed by (sender, file_id)."""
-
-    sender: str
-    file_id: str
-    recipient: str
-    size: int
-    chunks: int  # how many the file has
-    started: float
-    relayed: int = 0  # chunks routed so far
-    timer: IDelayedCall | None = None
 
 
 @implementer(IPresenceObserver)
@@ -148,7 +53,7 @@ class FileRelay(Service):
 
     def __init__(
         self,
-        users: Any,
+        users: IUserFrames,
         presence: IPresence,
         router: IRouter,
         workers: IWorkers,
@@ -164,36 +69,61 @@ class FileRelay(Service):
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        self._users = users
+        self._users = IUserFrames(users)
         self._presence = IPresence(presence)
         self._router = IRouter(router)
         self._workers = IWorkers(workers)
-        self._peers = peers
         self._clock = clock
         self.max_file_bytes = limits.max_file_bytes if max_file_bytes is None else max_file_bytes
         self.max_transfers_per_user = limits.max_transfers_per_user
-        self.idle_timeout = limits.transfer_idle_timeout if idle_timeout is None else idle_timeout
-        self.max_send_buffer = max_send_buffer
-        self._rate = RateLimiter(frame_rate, frame_burst, clock, max_keys=limits.max_local_users)
-        self._transfers: dict[tuple[str, str], Transfer] = {}
         self.counters: Counter[str] = Counter()
+        self._transfers = Transfers(
+            clock,
+            limits.transfer_idle_timeout if idle_timeout is None else idle_timeout,
+            self._expired,
+        )
+        self.pacer = Pacer(
+            self._presence,
+            peers,
+            self._transfers,
+            self.counters,
+            clock,
+            frame_rate=frame_rate,
+            frame_burst=frame_burst,
+            max_senders=limits.max_local_users,
+            max_send_buffer=max_send_buffer,
+        )
         for kind in FILE_FRAMES:
-            users.register_user_frame(kind, self._handler(kind))
+            self._users.register_user_frame(kind, self._handler(kind))
         self._presence.add_observer(self)
 
     # ------------------------------------------------------------ public
 
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds without a frame after which an open transfer is dropped."""
+        return self._transfers.idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, seconds: float) -> None:
+        self._transfers.idle_timeout = seconds
+
+    @property
+    def max_send_buffer(self) -> int:
+        """Bytes queued on the next hop above which file frames wait."""
+        return self.pacer.max_send_buffer
+
     def transfers_of(self, sender: str) -> list[Transfer]:
         """The open transfers of ``sender``."""
-        return [t for t in self._transfers.values() if t.sender == sender]
+        return self._transfers.of(sender)
 
     def __len__(self) -> int:
         return len(self._transfers)
 
     def stopService(self) -> None:
         super().stopService()
-        for transfer in list(self._transfers.values()):
-            self._forget(transfer)
+        for transfer in self._transfers.all():
+            self._transfers.forget(transfer)
 
     # ------------------------------------------------------------ IPresenceObserver
 
@@ -204,7 +134,7 @@ class FileRelay(Service):
         """A sender that leaves loses its open transfers (the recipient's client times them out)."""
         if not entry.local:
             return
-        self._rate.forget(entry.user_id)
+        self.pacer.rate.forget(entry.user_id)
         for transfer in self.transfers_of(entry.user_id):
             self.counters["dropped.sender_offline"] += 1
             self._log.info(
@@ -213,7 +143,7 @@ class FileRelay(Service):
                 sender=transfer.sender,
                 recipient=transfer.recipient,
             )
-            self._forget(transfer)
+            self._transfers.forget(transfer)
 
     # ------------------------------------------------------------ handling
 
@@ -235,7 +165,7 @@ class FileRelay(Service):
                 await self._chunk(sender, envelope)
             else:
                 await self._end(sender, envelope)
-        except _Dropped:
+        except Dropped:
             self.counters["late_frames"] += 1
         except wire.FrameError as error:  # BadKey and ContentError included
             self.counters["errors." + error.code] += 1
@@ -268,7 +198,7 @@ class FileRelay(Service):
         """The key ``sender`` authenticated with; a ``sender_pub`` in the payload must be that key."""
         own = self._users.authenticated_key(sender)
         if own is None:
-            raise _Dropped()
+            raise Dropped()
         claimed = payload.get("sender_pub")
         if claimed is not None:
             text = wire.require_str(payload, "sender_pub", max_len=MAX_SENDER_PUB)
@@ -298,8 +228,8 @@ class FileRelay(Service):
                 f"at most {self.max_transfers_per_user} file transfers at once; wait for one to finish"
             )
         sender_pub = self._sender_pub(sender, envelope.payload)
-        await self._throttle(sender)
-        await self._room(recipient, deadline=self._clock.seconds() + self.idle_timeout)
+        await self.pacer.throttle(sender)
+        await self.pacer.room(recipient, deadline=self._clock.seconds() + self.idle_timeout)
         await self._workers.run(
             verify_user_content, "FILE_START", fields, sender, recipient, envelope.ts, sender_pub
         )
@@ -309,8 +239,7 @@ class FileRelay(Service):
         sender_pub = self._sender_pub(sender, envelope.payload)
         self._route("FILE_START", recipient, fields, envelope.ts, sender, sender_pub)
         transfer = Transfer(sender, file_id, recipient, size, chunk_count(size), self._clock.seconds())
-        self._transfers[(sender, file_id)] = transfer
-        self._touch(transfer)
+        self._transfers.add(transfer)
         self.counters["started"] += 1
         self._log.info(
             "File {file_id} {sender} -> {recipient} started ({size} bytes, {chunks} chunks)",
@@ -321,19 +250,11 @@ class FileRelay(Service):
             chunks=transfer.chunks,
         )
 
-    def _open(self, sender: str, file_id: str, recipient: str) -> Transfer:
-        transfer = self._transfers.get((sender, file_id))
-        if transfer is None:
-            raise FileUnknown(f"no transfer of file_id {file_id} is open (never started, ended or timed out)")
-        if recipient != transfer.recipient:
-            raise wire.BadFieldType(f"file {file_id} goes to {transfer.recipient}, not {recipient}", "to")
-        return transfer
-
     async def _chunk(self, sender: str, envelope: wire.Envelope) -> None:
         recipient = self._recipient(envelope)
         fields = extract_fields("FILE_CHUNK", envelope.payload)
-        transfer = self._open(sender, fields["file_id"], recipient)
-        self._touch(transfer)
+        transfer = self._transfers.get(sender, fields["file_id"], recipient)
+        self._transfers.touch(transfer)
         index = fields["index"]
         if index >= transfer.chunks:
             raise wire.BadFieldType(
@@ -348,29 +269,29 @@ class FileRelay(Service):
                 f"file {transfer.file_id} already had its {transfer.chunks} chunks", "index"
             )
         sender_pub = self._sender_pub(sender, envelope.payload)
-        await self._throttle(sender, transfer)
-        await self._room(recipient, transfer=transfer)
+        await self.pacer.throttle(sender, transfer)
+        await self.pacer.room(recipient, transfer=transfer)
         await self._workers.run(
             verify_user_content, "FILE_CHUNK", fields, sender, recipient, envelope.ts, sender_pub
         )
-        self._still_open(transfer)
+        self._transfers.still_open(transfer)
         transfer.relayed += 1
         self._route("FILE_CHUNK", recipient, fields, envelope.ts, sender, sender_pub, transfer)
 
     async def _end(self, sender: str, envelope: wire.Envelope) -> None:
         recipient = self._recipient(envelope)
         fields = extract_fields("FILE_END", envelope.payload)
-        transfer = self._open(sender, fields["file_id"], recipient)
-        self._touch(transfer)
+        transfer = self._transfers.get(sender, fields["file_id"], recipient)
+        self._transfers.touch(transfer)
         sender_pub = self._sender_pub(sender, envelope.payload)
-        await self._throttle(sender, transfer)
-        await self._room(recipient, transfer=transfer)
+        await self.pacer.throttle(sender, transfer)
+        await self.pacer.room(recipient, transfer=transfer)
         if "content_sig" in fields:
             await self._workers.run(
                 verify_user_content, "FILE_END", fields, sender, recipient, envelope.ts, sender_pub
             )
-        self._still_open(transfer)
-        self._forget(transfer)
+        self._transfers.still_open(transfer)
+        self._transfers.forget(transfer)
         self._route("FILE_END", recipient, fields, envelope.ts, sender, sender_pub)
         complete = transfer.relayed == transfer.chunks
         self.counters["ended" if complete else "ended_incomplete"] += 1
@@ -400,70 +321,13 @@ class FileRelay(Service):
             self._router.route(kind, recipient, fields, ts, sender, sender_pub)
         except UserNotFound:
             if transfer is not None:
-                self._forget(transfer)
+                self._transfers.forget(transfer)
             self.counters["recipient_gone"] += 1
             raise _UserNotFound(f"user {recipient} is not online; the transfer was dropped") from None
         self.counters["routed." + kind] += 1
 
-    # ------------------------------------------------------------ pacing
-
-    def _still_open(self, transfer: Transfer) -> None:
-        if self._transfers.get((transfer.sender, transfer.file_id)) is not transfer:
-            raise _Dropped()
-
-    async def _throttle(self, sender: str, transfer: Transfer | None = None) -> None:
-        """Wait until ``sender``'s bucket holds a token (the per-user rate)."""
-        while not self._rate.allow(sender):
-            self.counters["throttled"] += 1
-            await deferLater(self._clock, max(self._rate.retry_after(sender), 0.001), lambda: None)
-            if transfer is not None:
-                self._still_open(transfer)
-
-    def _next_hop(self, recipient: str) -> ILink | None:
-        entry = self._presence.lookup(recipient)
-        if entry is None:
-            return None
-        if entry.local:
-            return entry.link
-        link_to = getattr(self._peers, "link_to", None)
-        return link_to(entry.server_id) if link_to is not None else None
-
-    async def _room(
-        self, recipient: str, transfer: Transfer | None = None, deadline: float | None = None
-    ) -> None:
-        """Wait while the next hop towards ``recipient`` has more than ``max_send_buffer`` bytes queued.
-
-        A transfer's own idle timer ends the wait (the transfer is dropped); a FILE_START waits
-        until ``deadline``.
-        """
-        while send_backlog(self._next_hop(recipient)) > self.max_send_buffer:
-            self.counters["waited_for_room"] += 1
-            if deadline is not None and self._clock.seconds() >= deadline:
-                raise _Timeout(f"the path to {recipient} is not draining; try again later")
-            await deferLater(self._clock, PRESSURE_POLL, lambda: None)
-            if transfer is not None:
-                self._still_open(transfer)
-
-    # ------------------------------------------------------------ timers
-
-    def _touch(self, transfer: Transfer) -> None:
-        if transfer.timer is not None and transfer.timer.active():
-            transfer.timer.reset(self.idle_timeout)
-        else:
-            transfer.timer = self._clock.callLater(self.idle_timeout, self._expired, transfer)
-
-    def _forget(self, transfer: Transfer) -> None:
-        if self._transfers.get((transfer.sender, transfer.file_id)) is transfer:
-            del self._transfers[(transfer.sender, transfer.file_id)]
-        if transfer.timer is not None and transfer.timer.active():
-            transfer.timer.cancel()
-        transfer.timer = None
-
     def _expired(self, transfer: Transfer) -> None:
-        transfer.timer = None
-        if self._transfers.get((transfer.sender, transfer.file_id)) is not transfer:
-            return
-        self._forget(transfer)
+        """``transfer`` had no frame for ``idle_timeout`` seconds: it is gone; tell its sender."""
         self.counters["timed_out"] += 1
         self._log.info(
             "File {file_id} {sender} -> {recipient} timed out after {relayed} of {chunks} chunks",
