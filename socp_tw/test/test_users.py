@@ -22,7 +22,7 @@ from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.services.hub import Hub
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
-from socp_tw.services.users import MAX_AUTH_ATTEMPTS_PER_LINK, MAX_BACKLOG, LoginLimiter, UserSide
+from socp_tw.services.users import MAX_AUTH_ATTEMPTS_PER_LINK, MAX_BACKLOG, UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import VECTORS, test_key, vector_key
 from socp_tw.testing import FakeLink, FakePeerLinks, MemoryStore, SynchronousWorkers, verify_server_frame
@@ -447,38 +447,6 @@ class LoginTests(UserSideTestBase):
         self.send(link, "USER_LOGIN_PROOF", {"user_id": self.user_id, "M1": m1}, from_=self.user_id)
         self.error(link, "RATE_LIMITED")
         self.assertEqual(self.users.counters["login_failed"], 4)
-
-
-class LimiterTests(SynchronousTestCase):
-    def test_schedule(self) -> None:
-        clock = Clock()
-        limiter = LoginLimiter(clock)
-        locks = [limiter.failure("u")[1] for _ in range(16)]
-        self.assertEqual(locks, [0, 0, 0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900, 900])
-        self.assertEqual(limiter.retry_after("U"), 900)  # ids compare case-insensitively
-        clock.advance(899.5)
-        self.assertEqual(limiter.retry_after("u"), 1)
-        clock.advance(0.5)
-        self.assertEqual(limiter.retry_after("u"), 0)
-        limiter.success("u")
-        self.assertEqual(limiter.failure("u"), (1, 0))
-
-    def test_forgets_after_quiet_day(self) -> None:
-        clock = Clock()
-        limiter = LoginLimiter(clock, forget_after=100)
-        for _ in range(5):
-            limiter.failure("u")
-        clock.advance(101)
-        self.assertEqual(limiter.retry_after("u"), 0)
-        self.assertEqual(len(limiter), 0)
-        self.assertEqual(limiter.failure("u"), (1, 0))
-
-    def test_bounded(self) -> None:
-        limiter = LoginLimiter(Clock(), max_ids=3)
-        for name in "abcd":
-            limiter.failure(name)
-        self.assertEqual(len(limiter), 3)
-        self.assertEqual(limiter.failure("a"), (1, 0))  # the oldest was forgotten
 
 
 class HelloTests(UserSideTestBase):
