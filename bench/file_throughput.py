@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from socp_tw import crypto, keystore, wire  # noqa: E402
+from socp_tw import crypto, wire  # noqa: E402
+from socp_tw.auth.scrypt import TEST_SCRYPT  # noqa: E402
 from socp_tw.client.app import ClientApp  # noqa: E402
 from socp_tw.client.files import CHUNK_BYTES, chunk_count  # noqa: E402
 
@@ -104,7 +105,7 @@ async def client(reactor, url: str, ui: UI) -> ClientApp:
         str(Path(tempfile.mkdtemp()) / "pins.json"),
         ui,
         reactor,
-        scrypt_params=keystore.TEST_SCRYPT,
+        scrypt_params=TEST_SCRYPT,
         download_dir=tempfile.mkdtemp(),
     )
     app.startService()

@@ -7,7 +7,6 @@ contradicts the stored id is refused, because peers have pinned our key to that 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from socp_tw import crypto, wire
+from socp_tw.privatefile import write_private
 
 IDENTITY_FILE = "server.json"
 KEY_FILE = "server_key.pem"
@@ -31,17 +31,6 @@ class ServerIdentity:
     server_id: str
     private_key: RSAPrivateKey
     public_key_text: str  # b64u(DER SPKI), what we send
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_or_create_identity(data_dir: str | Path, requested_id: str | None = None) -> ServerIdentity:
@@ -78,7 +67,7 @@ def load_or_create_identity(data_dir: str | Path, requested_id: str | None = Non
         if id_path.exists():
             raise IdentityError(f"{id_path} exists but its key {key_path} is missing")
         key = crypto.generate_private_key()
-        _write_private(
+        write_private(
             key_path,
             key.private_bytes(
                 serialization.Encoding.PEM,
@@ -87,5 +76,5 @@ def load_or_create_identity(data_dir: str | Path, requested_id: str | None = Non
             ),
         )
     if not id_path.exists():
-        _write_private(id_path, json.dumps({"server_id": server_id}).encode() + b"\n")
+        write_private(id_path, json.dumps({"server_id": server_id}).encode() + b"\n")
     return ServerIdentity(server_id, key, crypto.encode_public_key(key))

@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
-from socp_tw import crypto, keystore
+from socp_tw import crypto
+from socp_tw.auth.scrypt import DEFAULT_SCRYPT, ScryptParams
 from socp_tw.client.connection import DEFAULT_RETRY_POLICY, Connection
 from socp_tw.client.console import Console, TerminalEcho
 from socp_tw.client.options import Options
@@ -43,7 +44,7 @@ class ClientApp(MultiService):
         *,
         password: str | None = None,
         workers: Any = None,
-        scrypt_params: keystore.ScryptParams = keystore.DEFAULT_SCRYPT,
+        scrypt_params: ScryptParams = DEFAULT_SCRYPT,
         key_factory: Callable[[], RSAPrivateKey] = crypto.generate_private_key,
         retry_policy: Callable[[int], float] = DEFAULT_RETRY_POLICY,
         endpoint: Any = None,

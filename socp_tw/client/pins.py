@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from socp_tw import crypto, wire
+from socp_tw.privatefile import write_private
 
 PINS_VERSION = 1
 _MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -173,17 +173,4 @@ class PinStore:
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_private(self.path, text.encode("utf-8"))

@@ -24,7 +24,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionResponse
-from twisted.application.internet import ClientService
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
@@ -54,22 +54,27 @@ from socp_tw.protocols.websocket import (
 _log = get_logger("socp_tw.peer")
 
 
-def backoff_delay(
-    failures: int,
+def backoff_policy(
     base: float = 0.5,
     cap: float = 30.0,
     jitter: float = 0.5,
     rand: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait before attempt number ``failures`` + 1 (``failures`` >= 1).
+) -> Callable[[int], float]:
+    """The redial delay after ``failures`` (>= 1) failed attempts: Twisted's ``backoffPolicy``.
 
     ``base * 2**(failures-1)``, capped at ``cap``, then reduced by up to ``jitter``
     of itself at random so that servers which lost each other at once do not redial
-    in lock-step.  Always > 0 and <= ``cap``.
+    in lock-step.  Always > 0 and <= ``cap``.  Twisted's own jitter is added after
+    the cap and does not scale with the delay, so it is off here and the shortening
+    is applied to what the policy returns.
     """
-    exponent = min(max(failures, 1) - 1, 64)
-    delay = min(cap, base * 2.0**exponent)
-    return delay * (1.0 - jitter * min(max(rand(), 0.0), 1.0)) or delay
+    grow = backoffPolicy(initialDelay=base, maxDelay=cap, factor=2.0, jitter=lambda: 0.0)
+
+    def policy(failures: int) -> float:
+        full = grow(max(failures, 1) - 1)
+        return full * (1.0 - jitter * min(max(rand(), 0.0), 1.0)) or full
+
+    return policy
 
 
 @implementer(ILink)
@@ -376,7 +381,8 @@ class OutgoingLinks(Service):
         mesh.set_outgoing(self)
 
     def delay_for(self, failures: int) -> float:
-        return backoff_delay(failures, self.base_delay, self.max_delay, self.jitter, self._rand)
+        """Seconds before the next dial after ``failures`` failed attempts (:func:`backoff_policy`)."""
+        return backoff_policy(self.base_delay, self.max_delay, self.jitter, self._rand)(failures)
 
     def scheme_for(self, host: str, port: int) -> str:
         """``wss`` if the peer at ``host:port`` is dialled over TLS, else ``ws``."""

@@ -23,7 +23,6 @@ never leaves a half-made database that looks valid.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from zope.interface import implementer
 from socp_tw import wire
 from socp_tw.interfaces import IStore
 from socp_tw.logs import get_logger
+from socp_tw.privatefile import replacing_private
 
 __all__ = [
     "DB_FILE",
@@ -141,19 +141,12 @@ def migrate(path: str | Path, migrations: list[Migration] | None = None) -> int:
     migrations = load_migrations() if migrations is None else migrations
     target = migrations[-1].version if migrations else 0
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.new")
-        tmp.unlink(missing_ok=True)  # the leftover of a crashed creation
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        try:
+        with replacing_private(path) as tmp:  # a crashed creation leaves no half database
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 _apply(conn, migrations, 0)
             finally:
                 conn.close()
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         _log.info("Created database {path} at schema version {version}", path=str(path), version=target)
         return target
     try:

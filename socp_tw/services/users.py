@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from socp_tw import crypto, keystore, wire
+from socp_tw.auth.limiter import LoginLimiter
 from socp_tw.content import USER_CONTENT_FIELDS, extract_fields, verify_user_content
 from socp_tw.interfaces import (
     IHub,
@@ -121,75 +121,6 @@ class _BadFrom(wire.FrameError):
     """A frame on an authenticated user link whose ``from`` is not the link's user."""
 
     code = "BAD_FROM"
-
-
-# ----------------------------------------------------------------- rate limiting
-
-
-@dataclass
-class _Failures:
-    count: int
-    last: float
-    locked_until: float
-
-
-class LoginLimiter:
-    """Consecutive failed logins per user id (PROTOCOL-EXTENSIONS §4.1).
-
-    The first 3 failures are free; the f-th (f >= 4) locks the id for
-    ``min(2**(f-4), 900)`` s.  A success resets the count; so do 24 h without a
-    failure.  The table holds at most ``max_ids`` ids (least recently failed
-    forgotten first), so a flood of failures for many ids cannot exhaust memory.
-    """
-
-    FREE_FAILURES = 3
-    MAX_LOCK = 900
-
-    def __init__(self, clock, max_ids: int = 100_000, forget_after: float = 86400.0) -> None:
-        self._clock = clock
-        self._max_ids = max_ids
-        self._forget_after = forget_after
-        self._entries: OrderedDict[str, _Failures] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _entry(self, key: str, now: float) -> _Failures | None:
-        entry = self._entries.get(key)
-        if entry is not None and now - entry.last > self._forget_after:
-            del self._entries[key]
-            return None
-        return entry
-
-    def retry_after(self, user_id: str) -> int:
-        """Whole seconds (rounded up) until ``user_id`` may try again; 0 when not locked."""
-        now = self._clock.seconds()
-        entry = self._entry(user_id.lower(), now)
-        if entry is None or entry.locked_until <= now:
-            return 0
-        return math.ceil(entry.locked_until - now)
-
-    def failure(self, user_id: str) -> tuple[int, int]:
-        """Record a wrong proof; return (consecutive failures, seconds now locked)."""
-        now = self._clock.seconds()
-        key = user_id.lower()
-        entry = self._entry(key, now)
-        if entry is None:
-            entry = self._entries[key] = _Failures(0, now, now)
-        entry.count += 1
-        entry.last = now
-        lock = 0
-        if entry.count > self.FREE_FAILURES:
-            lock = min(2 ** min(entry.count - self.FREE_FAILURES - 1, 10), self.MAX_LOCK)
-            entry.locked_until = now + lock
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_ids:
-            self._entries.popitem(last=False)
-        return entry.count, lock
-
-    def success(self, user_id: str) -> None:
-        """A correct proof: forget the failures."""
-        self._entries.pop(user_id.lower(), None)
 
 
 # ------------------------------------------------------------------ link state

@@ -16,7 +16,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.scrypt import TEST_SCRYPT
 from socp_tw.client.app import ClientApp
 from socp_tw.client.console import Console
 from socp_tw.test.keys import test_key
@@ -76,7 +77,7 @@ class ClientE2EBase(TestCase):
             pins or self.mktemp(),
             ui,
             reactor,
-            scrypt_params=keystore.TEST_SCRYPT,
+            scrypt_params=TEST_SCRYPT,
             key_factory=lambda: test_key(key_index),
             retry_policy=lambda attempt: 0.1,
         )

@@ -20,7 +20,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from socp_tw import keystore, tls
+from socp_tw import tls
+from socp_tw.auth.scrypt import TEST_SCRYPT
 from socp_tw.client.app import app_from_options
 from socp_tw.client.connection import tls_failure_reason
 from socp_tw.client.options import Options
@@ -193,7 +194,7 @@ class EndToEndTests(TestCase):
             config,
             ui,
             reactor,
-            scrypt_params=keystore.TEST_SCRYPT,
+            scrypt_params=TEST_SCRYPT,
             key_factory=lambda: test_key(1),
             retry_policy=lambda attempt: 0.1,
         )

@@ -31,7 +31,11 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.login import SrpClient
+from socp_tw.auth.scrypt import TEST_SCRYPT
+from socp_tw.auth.sealing import seal_private_key
+from socp_tw.auth.verifier import make_verifier
 from socp_tw.content import file_end_preimage
 from socp_tw.identity import ServerIdentity
 from socp_tw.limits import DEFAULT_LIMITS
@@ -317,8 +321,8 @@ class PendingLinkFuzz(_FuzzBase):
         now = self.server.now_ms()
         new_id = wire.new_uuid4()
         key = test_key(6)
-        privkey_store = keystore.seal_private_key(key, "pw-pw-pw-pw", params=keystore.TEST_SCRYPT)
-        verifier = keystore.make_verifier(new_id, "pw-pw-pw-pw", params=keystore.TEST_SCRYPT)
+        privkey_store = seal_private_key(key, "pw-pw-pw-pw", params=TEST_SCRYPT)
+        verifier = make_verifier(new_id, "pw-pw-pw-pw", params=TEST_SCRYPT)
         register = {
             "user_id": new_id,
             "pubkey": _pub(6),
@@ -337,7 +341,7 @@ class PendingLinkFuzz(_FuzzBase):
                 new_id,
                 "*",
                 now,
-                {"user_id": new_id, "A": keystore.SrpClient(new_id, "x").start()},
+                {"user_id": new_id, "A": SrpClient(new_id, "x").start()},
             ),
             frame(
                 "USER_LOGIN_PROOF", new_id, "*", now, {"user_id": new_id, "M1": wire.b64u_encode(b"m" * 32)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -12,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
-from socp_tw.protocols.peer import OutgoingLinks, PeerClientFactory, backoff_delay
+from socp_tw.protocols.peer import OutgoingLinks, PeerClientFactory, backoff_policy
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.hub import Hub
 from socp_tw.services.mesh import Mesh
@@ -52,19 +53,33 @@ class RecordingMesh:
 
 
 class BackoffTests(SynchronousTestCase):
+    def delays(self, failures: list[int], jitter: float = 0.5, rand: float = 0.0) -> list[float]:
+        outgoing = OutgoingLinks(RecordingMesh(), MemoryReactorClock(), jitter=jitter, rand=lambda: rand)
+        return [outgoing.delay_for(n) for n in failures]
+
     def test_grows_exponentially_and_is_capped(self) -> None:
-        delays = [backoff_delay(n, 0.5, 30.0, 0.5, lambda: 0.0) for n in range(1, 12)]
+        delays = self.delays(list(range(1, 12)))
         self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0])
-        self.assertEqual(backoff_delay(10**6, 0.5, 30.0, 0.5, lambda: 0.0), 30.0)
+        self.assertEqual(self.delays([10**6, 0, -3]), [30.0, 0.5, 0.5])
 
     def test_jitter_only_shortens_and_never_to_zero(self) -> None:
         for n in (1, 5, 50):
-            full = backoff_delay(n, 0.5, 30.0, 0.5, lambda: 0.0)
-            self.assertEqual(backoff_delay(n, 0.5, 30.0, 0.5, lambda: 1.0), full / 2)
-            self.assertEqual(backoff_delay(n, 0.5, 30.0, 1.0, lambda: 1.0), full)  # degenerate: no zero delay
-            self.assertEqual(
-                backoff_delay(n, 0.5, 30.0, 0.5, lambda: 7.0), full / 2
-            )  # a bad random is clamped
+            [full] = self.delays([n])
+            self.assertEqual(self.delays([n], rand=1.0), [full / 2])
+            self.assertEqual(self.delays([n], rand=0.25), [full * 0.875])
+            self.assertEqual(self.delays([n], jitter=1.0, rand=1.0), [full])  # degenerate: no zero delay
+            self.assertEqual(self.delays([n], rand=7.0), [full / 2])  # a bad random is clamped
+
+    def test_follows_the_configured_delays(self) -> None:
+        """The mesh's tests shorten the schedule after construction; the policy reads it per dial."""
+        outgoing = OutgoingLinks(RecordingMesh(), MemoryReactorClock(), rand=lambda: 0.0)
+        outgoing.base_delay, outgoing.max_delay = 0.1, 0.3
+        self.assertEqual([outgoing.delay_for(n) for n in (1, 2, 3, 4)], [0.1, 0.2, 0.3, 0.3])
+
+    def test_is_twisteds_policy_shifted_by_one(self) -> None:
+        twisted_policy = backoffPolicy(initialDelay=0.5, maxDelay=30.0, factor=2.0, jitter=lambda: 0.0)
+        policy = backoff_policy(rand=lambda: 0.0)
+        self.assertEqual([policy(n) for n in range(1, 20)], [twisted_policy(n - 1) for n in range(1, 20)])
 
 
 class DialerTests(SynchronousTestCase):

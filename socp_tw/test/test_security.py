@@ -19,7 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from socp_tw import content, crypto, keystore, tls, wire
+from socp_tw import content, crypto, tls, wire
+from socp_tw.auth.login import SrpClient
 from socp_tw.identity import ServerIdentity
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.protocols.peer import OutgoingLinks
@@ -155,7 +156,7 @@ class UserReplayTests(UserSideTestBase):
         user_id = wire.new_uuid4()
         link = self.open_link()
         self.register(link, user_id, alice_key())
-        client = keystore.SrpClient(user_id, PASSWORD)
+        client = SrpClient(user_id, PASSWORD)
         self.send(link, "USER_LOGIN_START", {"user_id": user_id, "A": client.start()}, from_=user_id)
         challenge = self.one(link, "USER_LOGIN_CHALLENGE")
         proof = {"user_id": user_id, "M1": client.process_challenge(challenge["payload"])}

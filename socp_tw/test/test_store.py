@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from socp_tw.interfaces import IStore
+from socp_tw.privatefile import temp_path
 from socp_tw.services.store import DB_FILE, Migration, SQLiteStore, StoreError, load_migrations, migrate
 from socp_tw.testing import MemoryStore
 
@@ -373,7 +374,7 @@ class MigrationTests(SynchronousTestCase):
         self.assertEqual(list(self.dir.iterdir()), [])
 
     def test_leftover_temp_file_replaced(self) -> None:
-        (self.dir / f".{DB_FILE}.new").write_bytes(b"half-written garbage")
+        temp_path(self.path).write_bytes(b"half-written garbage")
         migrate(self.path)
         self.assertEqual(sorted(p.name for p in self.dir.iterdir()), [DB_FILE])
 

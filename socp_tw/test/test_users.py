@@ -10,14 +10,19 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.hello import hello_proof_preimage
+from socp_tw.auth.login import SrpClient
+from socp_tw.auth.scrypt import TEST_SCRYPT
+from socp_tw.auth.sealing import open_private_key, seal_private_key
+from socp_tw.auth.verifier import make_verifier, parse_verifier
 from socp_tw.identity import ServerIdentity
 from socp_tw.interfaces import ILinkHandler, IPresenceObserver
 from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.services.hub import Hub
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
-from socp_tw.services.users import MAX_AUTH_ATTEMPTS_PER_LINK, MAX_BACKLOG, LoginLimiter, UserSide
+from socp_tw.services.users import MAX_AUTH_ATTEMPTS_PER_LINK, MAX_BACKLOG, UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import VECTORS, test_key, vector_key
 from socp_tw.testing import FakeLink, FakePeerLinks, MemoryStore, SynchronousWorkers, verify_server_frame
@@ -40,8 +45,8 @@ def blobs(user_id: str, key, password: str = PASSWORD) -> tuple[str, str]:
     cache_key = (user_id, id(key))
     if cache_key not in _blobs:
         _blobs[cache_key] = (
-            keystore.seal_private_key(key, password, params=keystore.TEST_SCRYPT),
-            keystore.make_verifier(user_id, password, params=keystore.TEST_SCRYPT),
+            seal_private_key(key, password, params=TEST_SCRYPT),
+            make_verifier(user_id, password, params=TEST_SCRYPT),
         )
     return _blobs[cache_key]
 
@@ -162,7 +167,7 @@ class UserSideTestBase(SynchronousTestCase):
             "enc_pubkey": crypto.encode_public_key(key),
         }
         if nonce is not None:
-            preimage = keystore.hello_proof_preimage(nonce, user_id, server_id or self.server_id)
+            preimage = hello_proof_preimage(nonce, user_id, server_id or self.server_id)
             payload.update(nonce=nonce, proof=crypto.pss_sign(key, preimage))
         return payload
 
@@ -180,8 +185,8 @@ class UserSideTestBase(SynchronousTestCase):
         self.assertEqual(frames[0]["type"], "ACK", frames)
         return link
 
-    def login(self, link, user_id: str, password: str) -> tuple[keystore.SrpClient, dict]:
-        client = keystore.SrpClient(user_id, password)
+    def login(self, link, user_id: str, password: str) -> tuple[SrpClient, dict]:
+        client = SrpClient(user_id, password)
         self.send(link, "USER_LOGIN_START", {"user_id": user_id, "A": client.start()}, from_=user_id)
         challenge = self.one(link, "USER_LOGIN_CHALLENGE")
         m1 = client.process_challenge(challenge["payload"])
@@ -321,7 +326,7 @@ class LoginTests(UserSideTestBase):
         payload = ok["payload"]
         self.assertEqual(payload["user_id"], self.user_id)
         self.assertTrue(client.verify_server(payload["M2"]))
-        key = keystore.open_private_key(payload["privkey_store"], PASSWORD)
+        key = open_private_key(payload["privkey_store"], PASSWORD)
         self.assertEqual(crypto.encode_public_key(key), crypto.encode_public_key(alice_key()))
         self.send(
             link,
@@ -335,12 +340,12 @@ class LoginTests(UserSideTestBase):
 
     def test_challenge_fields(self) -> None:
         link = self.open_link()
-        client = keystore.SrpClient(self.user_id, PASSWORD)
+        client = SrpClient(self.user_id, PASSWORD)
         self.send(
             link, "USER_LOGIN_START", {"user_id": self.user_id, "A": client.start()}, from_=self.user_id
         )
         payload = self.one(link, "USER_LOGIN_CHALLENGE")["payload"]
-        record = keystore.parse_verifier(blobs(self.user_id, alice_key())[1])
+        record = parse_verifier(blobs(self.user_id, alice_key())[1])
         self.assertEqual(payload["user_id"], self.user_id)
         self.assertEqual((payload["kdf"], payload["n"], payload["r"], payload["p"]), ("scrypt", 1024, 8, 1))
         self.assertEqual(wire.b64u_decode(payload["salt"]), record.salt)
@@ -379,7 +384,7 @@ class LoginTests(UserSideTestBase):
 
     def test_expired_attempt(self) -> None:
         link = self.open_link()
-        client = keystore.SrpClient(self.user_id, PASSWORD)
+        client = SrpClient(self.user_id, PASSWORD)
         self.send(
             link, "USER_LOGIN_START", {"user_id": self.user_id, "A": client.start()}, from_=self.user_id
         )
@@ -390,7 +395,7 @@ class LoginTests(UserSideTestBase):
 
     def test_proof_for_another_user(self) -> None:
         link = self.open_link()
-        client = keystore.SrpClient(self.user_id, PASSWORD)
+        client = SrpClient(self.user_id, PASSWORD)
         self.send(
             link, "USER_LOGIN_START", {"user_id": self.user_id, "A": client.start()}, from_=self.user_id
         )
@@ -401,7 +406,7 @@ class LoginTests(UserSideTestBase):
 
     def test_attempt_is_per_connection(self) -> None:
         first, second = self.open_link(), self.open_link()
-        client = keystore.SrpClient(self.user_id, PASSWORD)
+        client = SrpClient(self.user_id, PASSWORD)
         self.send(
             first, "USER_LOGIN_START", {"user_id": self.user_id, "A": client.start()}, from_=self.user_id
         )
@@ -432,7 +437,7 @@ class LoginTests(UserSideTestBase):
     def test_lock_checked_at_proof_time(self) -> None:
         # An attacker starts many attempts before the lock and sends the proofs after it.
         link = self.open_link()
-        client = keystore.SrpClient(self.user_id, "guess")
+        client = SrpClient(self.user_id, "guess")
         self.send(
             link, "USER_LOGIN_START", {"user_id": self.user_id, "A": client.start()}, from_=self.user_id
         )
@@ -442,38 +447,6 @@ class LoginTests(UserSideTestBase):
         self.send(link, "USER_LOGIN_PROOF", {"user_id": self.user_id, "M1": m1}, from_=self.user_id)
         self.error(link, "RATE_LIMITED")
         self.assertEqual(self.users.counters["login_failed"], 4)
-
-
-class LimiterTests(SynchronousTestCase):
-    def test_schedule(self) -> None:
-        clock = Clock()
-        limiter = LoginLimiter(clock)
-        locks = [limiter.failure("u")[1] for _ in range(16)]
-        self.assertEqual(locks, [0, 0, 0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900, 900])
-        self.assertEqual(limiter.retry_after("U"), 900)  # ids compare case-insensitively
-        clock.advance(899.5)
-        self.assertEqual(limiter.retry_after("u"), 1)
-        clock.advance(0.5)
-        self.assertEqual(limiter.retry_after("u"), 0)
-        limiter.success("u")
-        self.assertEqual(limiter.failure("u"), (1, 0))
-
-    def test_forgets_after_quiet_day(self) -> None:
-        clock = Clock()
-        limiter = LoginLimiter(clock, forget_after=100)
-        for _ in range(5):
-            limiter.failure("u")
-        clock.advance(101)
-        self.assertEqual(limiter.retry_after("u"), 0)
-        self.assertEqual(len(limiter), 0)
-        self.assertEqual(limiter.failure("u"), (1, 0))
-
-    def test_bounded(self) -> None:
-        limiter = LoginLimiter(Clock(), max_ids=3)
-        for name in "abcd":
-            limiter.failure(name)
-        self.assertEqual(len(limiter), 3)
-        self.assertEqual(limiter.failure("a"), (1, 0))  # the oldest was forgotten
 
 
 class HelloTests(UserSideTestBase):

@@ -8,7 +8,12 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.hello import hello_proof_preimage
+from socp_tw.auth.login import SrpClient
+from socp_tw.auth.scrypt import TEST_SCRYPT
+from socp_tw.auth.sealing import open_private_key, seal_private_key
+from socp_tw.auth.verifier import make_verifier
 from socp_tw.services.store import DB_FILE
 from socp_tw.test.keys import VECTORS, test_key, vector_id, vector_key
 from socp_tw.test.servers import RunningServer, connect_raw
@@ -70,8 +75,8 @@ class RawUser:
         payload = {
             "user_id": self.user_id,
             "pubkey": crypto.encode_public_key(self.key),
-            "privkey_store": keystore.seal_private_key(self.key, password, params=keystore.TEST_SCRYPT),
-            "pake_password": keystore.make_verifier(self.user_id, password, params=keystore.TEST_SCRYPT),
+            "privkey_store": seal_private_key(self.key, password, params=TEST_SCRYPT),
+            "pake_password": make_verifier(self.user_id, password, params=TEST_SCRYPT),
         }
         self.send("USER_REGISTER", payload, sign=True)
 
@@ -82,7 +87,7 @@ class RawUser:
             "enc_pubkey": crypto.encode_public_key(self.key),
         }
         if nonce is not None:
-            preimage = keystore.hello_proof_preimage(nonce, self.user_id, self.server.server_id)
+            preimage = hello_proof_preimage(nonce, self.user_id, self.server.server_id)
             payload.update(nonce=nonce, proof=crypto.pss_sign(self.key, preimage))
         return payload
 
@@ -99,7 +104,7 @@ class RawUser:
     @inlineCallbacks
     def login(self, password: str):
         """SRP login; fire with the last frame (USER_LOGIN_OK or ERROR) and the SRP client."""
-        client = keystore.SrpClient(self.user_id, password)
+        client = SrpClient(self.user_id, password)
         self.send("USER_LOGIN_START", {"user_id": self.user_id, "A": client.start()})
         challenge = yield self.receive()
         if challenge["type"] != "USER_LOGIN_CHALLENGE":
@@ -158,7 +163,7 @@ class UserSideEndToEndTests(TestCase):
         ok, client = yield bob.login(PASSWORD)
         self.assertEqual(ok["type"], "USER_LOGIN_OK", ok)
         self.assertTrue(client.verify_server(ok["payload"]["M2"]))
-        bob.key = keystore.open_private_key(ok["payload"]["privkey_store"], PASSWORD)
+        bob.key = open_private_key(ok["payload"]["privkey_store"], PASSWORD)
         payload = bob.hello_payload(ok["payload"]["nonce"])
         bob.send("USER_HELLO", payload, to=ok["from"])
         ack = yield bob.receive("ACK")

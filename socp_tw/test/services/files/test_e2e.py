@@ -17,7 +17,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.scrypt import TEST_SCRYPT
 from socp_tw.client.app import ClientApp
 from socp_tw.client.files import CHUNK_BYTES
 from socp_tw.content import file_end_preimage
@@ -57,7 +58,7 @@ class FileTransferE2E(TestCase):
             self.mktemp(),
             ui,
             reactor,
-            scrypt_params=keystore.TEST_SCRYPT,
+            scrypt_params=TEST_SCRYPT,
             key_factory=lambda: test_key(key_index),
             retry_policy=lambda attempt: 0.1,
             download_dir=str(download),

@@ -18,7 +18,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.scrypt import TEST_SCRYPT
 from socp_tw.client.app import ClientApp
 from socp_tw.services.store import DB_FILE
 from socp_tw.test.keys import test_key
@@ -176,7 +177,7 @@ class PublicChannelE2ETests(TestCase):
             self.mktemp(),
             ui,
             reactor,
-            scrypt_params=keystore.TEST_SCRYPT,
+            scrypt_params=TEST_SCRYPT,
             key_factory=lambda: test_key(key_index),
             retry_policy=lambda attempt: 0.1,
         )

@@ -1,0 +1,1 @@
+"""Tests for :mod:`socp_tw.auth`, one module per module there."""
