@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from socp_tw.interfaces import (
 )
 from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter
 from socp_tw.logs import Aggregated, get_logger
+from socp_tw.privatefile import write_private
 from socp_tw.protocols.links import send_to_all
 from socp_tw.services.userkeys import DIFFERS, FULL, UserKeys
 from socp_tw.timers import repeating, stop_repeating
@@ -215,13 +215,7 @@ class PinStore:
         if self.path is None:
             return
         data = json.dumps({"version": 1, "servers": snapshot}, indent=1, sort_keys=True).encode("utf-8")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private(self.path, data)
 
 
 # -- links ---------------------------------------------------------------------------------

@@ -867,7 +867,7 @@ class UserSide(Service):
             self._router.route(kind, recipient, fields, ts, sender, sender_pub, verified)
         except UserNotFound:
             self.send_error(
-                link, "USER_NOT_FOUND", f"user {recipient} is not online", ref=kind, user_id=recipient
+                link, "USER_NOT_FOUND", f"user {recipient} is not online", ref=kind, user_id=recipient, ts=ts
             )
             return
         # Counted, not logged: a log event per message costs more than the routing itself.
