@@ -254,6 +254,13 @@ class ClientSession:
             return succeed(self._file_password)
         return self.ui.ask_password(prompt)
 
+    def _passwords_not_asked(self, count: int = 1) -> None:
+        """A command ends without its ``count`` password prompts: tell the ui, whose script may
+        carry the answers (``Console.passwords_not_asked``).  Nothing with ``--password-file``."""
+        skip = getattr(self.ui, "passwords_not_asked", None)
+        if self._file_password is None and skip is not None:
+            skip(count)
+
     def _send(
         self,
         ftype: str,
@@ -583,13 +590,13 @@ class ClientSession:
     async def _register(self) -> None:
         if self._want_online:
             self.show(f"[REGISTER FAILED] already logged in as {self.user_id}; /quit first")
-            return
+            return self._passwords_not_asked(2)
         if self._auth_busy:
             self.show("[REGISTER FAILED] a login is already in progress")
-            return
+            return self._passwords_not_asked(2)
         if not await self._wait_until(lambda: self._sender is not None, self._reply_timeout):
             self.show(f"[REGISTER FAILED] not connected to {self.server_url}; try again later")
-            return
+            return self._passwords_not_asked(2)
         self._auth_busy = True
         keygen = self._workers.run(self._key_factory)
         try:
@@ -642,15 +649,17 @@ class ClientSession:
         return Deferred.fromCoroutine(self._login(user_id)).addErrback(self._internal_error)
 
     async def _login(self, user_id: str) -> None:
-        if self._want_online:
-            self.show(f"[LOGIN FAILED] already logged in as {self.user_id}; /quit first")
+        if self._want_online and user_id == self.user_id and await self._still_logged_in():
             return
+        if self._want_online:
+            self.show(f"[ERROR] already logged in as {self.user_id}; /quit first to log in as another user")
+            return self._passwords_not_asked()
         if self._auth_busy:
             self.show("[LOGIN FAILED] a login is already in progress")
-            return
+            return self._passwords_not_asked()
         if not await self._wait_until(lambda: self._sender is not None, self._reply_timeout):
             self.show(f"[LOGIN FAILED] not connected to {self.server_url}; try again later")
-            return
+            return self._passwords_not_asked()
         self._auth_busy = True
         try:
             try:
@@ -668,6 +677,25 @@ class ClientSession:
             await self._login_with_key(user_id, key, nonce, server_id)
         finally:
             self._auth_busy = False
+
+    async def _still_logged_in(self) -> bool:
+        """``/login`` of the user we are logged in as (``/register`` then ``/login``, as the
+        integration guide has it): no password, just ``[LOGIN SUCCESS]`` once the session is
+        online (after a reconnect's automatic login, if one is under way).  False (nothing
+        shown) if that automatic login gave up meanwhile: then this is an ordinary login."""
+        if not self.logged_in:
+            await self._wait_until(lambda: self.logged_in or not self._want_online, self._reply_timeout)
+        if not self._want_online:
+            return False
+        if self.logged_in:
+            self.show(f"[LOGIN SUCCESS] {self.user_id}")
+        else:
+            self.show(
+                f"[LOGIN FAILED] not connected to {self.server_url} right now (reconnecting); "
+                "try again shortly"
+            )
+        self._passwords_not_asked()
+        return True
 
     async def _srp_login(self, user_id: str, password: str) -> tuple[RSAPrivateKey, str, str]:
         try:

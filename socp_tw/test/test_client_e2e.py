@@ -122,6 +122,14 @@ class SingleServerTests(ClientE2EBase):
         self.assertNotIn(PASSWORD.encode(), transport.value())
         console.dataReceived(b"/list\n")
         yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), "/list output")
+        # The integration guide's "/register then /login": no prompt, and the script's password
+        # line after it is not run as a command.
+        transport.clear()
+        console.dataReceived(f"/login {user_id}\n{PASSWORD}\n/list\n".encode())
+        yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), "the second /list")
+        self.assertTrue(transport.value().startswith(f"[LOGIN SUCCESS] {user_id}\nOnline users (".encode()))
+        self.assertNotIn(b"Password: ", transport.value())
+        self.assertNotIn(b"Commands start with /", transport.value())
         yield app.quit()
 
         # A second device: only the user id and the password.

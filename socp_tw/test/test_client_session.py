@@ -38,6 +38,10 @@ class FakeUI:
         self.prompts: list[str] = []
         self.passwords = deque(passwords or [])
         self.pending: list[Deferred] = []
+        self.unasked: list[int] = []  # passwords_not_asked() calls
+
+    def passwords_not_asked(self, count: int = 1) -> None:
+        self.unasked.append(count)
 
     def show(self, text: str) -> None:
         self.lines.extend(text.split("\n"))
@@ -504,12 +508,86 @@ class LoginTests(SessionTestBase):
         )
         self.assertRaises(session_module.RequestFailed, session._accept_server_key, forged)
 
-    def test_already_logged_in(self) -> None:
-        session, ui, _link, user_id = self.online_user(1)
+    def test_already_logged_in_as_another_user(self) -> None:
+        """An error, not a failed login; the script's password lines are not to be run."""
+        session, ui, link, user_id = self.online_user(1)
+        sent = len(link.sent)
         self.successResultOf(session.login(wire.new_uuid4()))
-        self.assertIn(f"[LOGIN FAILED] already logged in as {user_id}; /quit first", ui.lines)
+        self.assertEqual(
+            ui.lines[-1],
+            f"[ERROR] already logged in as {user_id}; /quit first to log in as another user",
+        )
+        self.assertEqual(ui.unasked, [1])
         self.successResultOf(session.register())
         self.assertIn(f"[REGISTER FAILED] already logged in as {user_id}; /quit first", ui.lines)
+        self.assertEqual(ui.unasked, [1, 2])
+        self.assertEqual(ui.prompts, [])
+        self.assertEqual(len(link.sent), sent)
+        self.assertEqual(session.user_id, user_id)
+
+    def test_login_as_the_user_logged_in(self) -> None:
+        """/register then /login <same id> (the integration guide): success, no password asked."""
+        session, ui = self.make_session(FakeUI([PASSWORD, PASSWORD]))
+        link = self.server.connect(session)
+        self.successResultOf(session.register())
+        user_id = session.user_id
+        sent = len(link.sent)
+        before = len(ui.lines)
+        self.successResultOf(session.login(user_id))
+        self.assertEqual(ui.lines[before:], [f"[LOGIN SUCCESS] {user_id}"])
+        self.assertEqual(ui.prompts, ["Password: ", "Repeat password: "])
+        self.assertEqual(ui.unasked, [1])
+        self.assertEqual(len(link.sent), sent)
+        self.assertTrue(session.logged_in)
+
+    def test_login_as_the_user_logged_in_with_a_password_file(self) -> None:
+        """No password lines in the script then: the ui is not told to skip any."""
+        session, ui = self.make_session(FakeUI(), password=PASSWORD)
+        self.server.connect(session)
+        self.successResultOf(session.register())
+        self.successResultOf(session.login(session.user_id))
+        self.assertEqual(ui.lines[-1], f"[LOGIN SUCCESS] {session.user_id}")
+        self.assertEqual(ui.unasked, [])
+
+    def test_login_as_the_user_logged_in_while_reconnecting(self) -> None:
+        """It waits for the automatic login after the reconnect, then reports it."""
+        session, ui, link, user_id = self.online_user(1)
+        link.close(1006, "network down")
+        d = session.login(user_id)
+        self.assertNoResult(d)
+        self.server.connect(session)
+        self.successResultOf(d)
+        self.assertEqual(
+            sorted(ui.lines[-2:]),
+            [f"[LOGIN SUCCESS] {user_id}", f"[RECONNECTED] logged in again as {user_id}"],
+        )
+        self.assertEqual(ui.prompts, [])
+
+    def test_login_as_the_user_logged_in_while_the_link_stays_down(self) -> None:
+        session, ui, link, user_id = self.online_user(1)
+        link.close(1006, "network down")
+        d = session.login(user_id)
+        self.clock.advance(31)
+        self.successResultOf(d)
+        self.assertEqual(
+            ui.lines[-1],
+            "[LOGIN FAILED] not connected to ws://127.0.0.1:9999 right now (reconnecting); try again shortly",
+        )
+        self.assertEqual(ui.unasked, [1])
+        self.assertEqual(ui.prompts, [])
+
+    def test_login_as_the_user_after_the_automatic_login_gave_up(self) -> None:
+        """Then /login <same id> is an ordinary login again: it asks for the password."""
+        session, ui, link, user_id = self.online_user(1)
+        link.close(1006, "network down")
+        session._want_online = False  # what giving up after MAX_RELOGIN_FAILURES leaves
+        ui.passwords.append(PASSWORD)
+        link2 = self.server.connect(session)
+        self.successResultOf(session.login(user_id))
+        self.assertEqual(ui.prompts, ["Password: "])
+        self.assertEqual(link2.types_sent(), ["USER_LOGIN_START", "USER_LOGIN_PROOF", "USER_HELLO"])
+        self.assertEqual(ui.lines[-1], f"[LOGIN SUCCESS] {user_id}")
+        self.assertEqual(ui.unasked, [])
 
     def test_unknown_type_falls_back_to_plain_hello(self) -> None:
         """A server without our extensions: plain USER_HELLO without nonce (TOFU, EXTENSIONS §6.3)."""
