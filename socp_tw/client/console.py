@@ -161,6 +161,13 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def one_line(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (the last one ``…`` when cut) and escaped like
+    :func:`printable`, with newlines shown as ``\\n``: safe inside one line of output."""
+    shown = text if len(text) <= limit else text[: limit - 1] + "…"
+    return printable(shown).replace("\n    ", "\\n")
+
+
 @implementer(IHalfCloseableProtocol)
 class Console(LineReceiver):
     """Line-oriented stdio protocol: ``do_<command>`` dispatch, prompt redraw, password mode.

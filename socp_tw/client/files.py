@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
+from socp_tw.client.console import one_line, printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.content import file_end_preimage
 from socp_tw.logs import get_logger
@@ -65,8 +65,7 @@ def chunk_count(size: int) -> int:
 
 def display_name(name: str) -> str:
     """A sender-chosen file name made safe to print (escaped, at most 200 characters)."""
-    shown = name if len(name) <= 200 else name[:199] + "…"
-    return printable(shown).replace("\n    ", "\\n")
+    return one_line(name, 200)
 
 
 class FileChanged(Exception):

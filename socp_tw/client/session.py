@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 
 from socp_tw import __version__, crypto, keystore, wire
-from socp_tw.client.console import printable
+from socp_tw.client.console import one_line, printable
 from socp_tw.client.files import STALL_TIMEOUT, FileTransfers
 from socp_tw.client.pins import CHANGED, NEW, PinStore
 from socp_tw.logs import get_logger
@@ -72,6 +73,9 @@ MAX_PENDING_TOTAL = 64
 _MAX_CIPHERTEXT_CHARS = 1024  # one RSA-4096 block is 683 b64u characters
 MAX_PUBLIC_SEEN = 4096  # public-channel frames remembered to show each message once
 MAX_PUBLIC_MEMBERS = 100_000
+MAX_SENT_DMS = 1000  # DMs remembered to name the one a delivery failure is about
+SENT_DM_TTL = 600.0  # ... for at most this many seconds
+PREVIEW_CHARS = 30  # of a failed DM's text shown in its [FAILED] line
 
 
 class ServerError(Exception):
@@ -108,6 +112,63 @@ class _Partial:
     parts: dict[int, str] = field(default_factory=dict)
     timer: IDelayedCall | None = None
     public: bool = False  # a public-channel message (/all), not a DM
+
+
+@dataclass(eq=False)
+class SentDM:
+    """One ``/tell`` (all its parts): what a ``[FAILED]`` line says of it."""
+
+    recipient: str
+    preview: str  # the start of the text, escaped for one line
+    sent_at: float  # clock seconds
+    parts: list[int] = field(default_factory=list)  # the ts of each MSG_DIRECT
+    reported: bool = False  # its [FAILED] line was shown (once per message, not per part)
+
+
+class SentDMs:
+    """The DMs sent lately, found by (recipient, ts) of any of their parts: the server names
+    those two in ``ERROR {msg_ref: MSG_DIRECT, user_id, ts}`` when it cannot deliver one.
+    Bounded: the last :data:`MAX_SENT_DMS` messages, none older than :data:`SENT_DM_TTL` s."""
+
+    def __init__(self, clock: Any, limit: int = MAX_SENT_DMS, ttl: float = SENT_DM_TTL) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._ttl = ttl
+        self._messages: deque[SentDM] = deque()
+        self._by_part: dict[tuple[str, int], SentDM] = {}
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def add(self, recipient: str, text: str) -> SentDM:
+        """Remember a DM about to be sent; then :meth:`add_part` for each of its frames."""
+        self._expire()
+        message = SentDM(recipient, one_line(text, PREVIEW_CHARS + 1), self._clock.seconds())
+        self._messages.append(message)
+        while len(self._messages) > self._limit:
+            self._forget(self._messages.popleft())
+        return message
+
+    def add_part(self, message: SentDM, ts: int) -> None:
+        message.parts.append(ts)
+        self._by_part[(message.recipient, ts)] = message
+
+    def find(self, recipient: str, ts: object) -> SentDM | None:
+        """The DM one of whose parts went to ``recipient`` with ``ts``, if still remembered."""
+        self._expire()
+        if type(ts) is not int:
+            return None
+        return self._by_part.get((recipient, ts))
+
+    def _forget(self, message: SentDM) -> None:
+        for ts in message.parts:
+            if self._by_part.get((message.recipient, ts)) is message:
+                del self._by_part[(message.recipient, ts)]
+
+    def _expire(self) -> None:
+        cutoff = self._clock.seconds() - self._ttl
+        while self._messages and self._messages[0].sent_at < cutoff:
+            self._forget(self._messages.popleft())
 
 
 def _signed_frame(key: RSAPrivateKey, ftype: str, from_: str, to: str, ts: int, payload: dict) -> bytes:
@@ -232,6 +293,7 @@ class ClientSession:
         self.public_members: dict[str, str] = {}  # member id -> key
         self.public_key_share: dict[str, Any] | None = None  # {version, creator, wrapped}
         self._public_seen: deque[tuple[str, str]] = deque(maxlen=MAX_PUBLIC_SEEN)
+        self.sent_dms = SentDMs(clock)
         self.counters: dict[str, int] = {}
         self._change_waiters: list[tuple[Deferred, IDelayedCall]] = []
         self._generation = 0  # bumped on every connect and disconnect
@@ -506,6 +568,10 @@ class ClientSession:
         is_file_error = isinstance(ref, str) and ref.startswith("FILE_")
         if is_file_error and self.files.error_received(code, detail, payload):
             return
+        recipient = payload.get("user_id")
+        if ref == "MSG_DIRECT" and isinstance(recipient, str) and recipient:
+            self._dm_failed(recipient.lower(), payload.get("ts"), code, detail)
+            return
         waiter = None
         if isinstance(ref, str):
             waiter = next((w for w in self._waiters if w.ref == ref), None)
@@ -515,6 +581,20 @@ class ClientSession:
             self._settle(waiter, ServerError(code, detail), error=True)
             return
         self.show(f"[ERROR] {printable(code[:64])}: {printable(detail[:1024])}")
+
+    def _dm_failed(self, recipient: str, ts: object, code: str, detail: str) -> None:
+        """The server could not deliver a DM of ours: say which one, once per message."""
+        what = f"DM to {printable(recipient[:64])}"
+        message = self.sent_dms.find(recipient, ts)
+        if message is not None:
+            if message.reported:
+                self._count("dm_failures_repeated")
+                return  # another part of a message already reported
+            message.reported = True
+            sent = time.strftime("%H:%M:%S", time.localtime(message.sent_at))
+            what += f' ("{message.preview}", sent {sent})'
+        self._count("dm_failures")
+        self.show(f"[FAILED] {what} was not delivered: {printable(code[:64])}: {printable(detail[:1024])}")
 
     def _on_advertise(self, envelope: wire.Envelope) -> None:
         if self._signed_by_server(envelope) is False and envelope.from_ == self.server_id:
@@ -970,8 +1050,10 @@ class ClientSession:
             return
         recipient_key = crypto.load_public_key(key_text)
         frames, failures = [], []
+        sent = self.sent_dms.add(user_id, text)
         for plain in plaintexts:
             ts = self._now_ms()
+            self.sent_dms.add_part(sent, ts)
             frame = self._workers.run(
                 _dm_frame, self._key, recipient_key, self._pub, self.user_id, user_id, ts, plain
             )

@@ -218,6 +218,25 @@ class SingleServerTests(ClientE2EBase):
         self.assertIsNone(bob_ui.find("forged text"))
 
     @inlineCallbacks
+    def test_undeliverable_dm_is_named(self):
+        """The server cannot deliver a DM (the recipient left): the sender is told which DM failed."""
+        server = self.start_server(0)
+        alice, alice_ui, _ = yield self.registered_client(server.url, 1)
+        bob, bob_ui, bob_id = yield self.registered_client(server.url, 2)
+        yield alice.session.tell(bob_id, "are you there?")  # alice now knows bob's key
+        yield wait_until(lambda: bob_ui.find(r"^DM from .*: are you there\?$"), "the first DM")
+        yield bob.quit()
+        yield wait_until(lambda: bob_id not in alice.session.presence, "bob's departure")
+        yield alice.session.tell(bob_id, "hello? " * 10)
+        # The preview and time once the server names the DM's ts; without it the short form.
+        pattern = (
+            rf'^\[FAILED\] DM to {bob_id}( \("(hello\? ){{4}}hell…", sent \d\d:\d\d:\d\d\))? '
+            r"was not delivered: USER_NOT_FOUND: "
+        )
+        yield wait_until(lambda: alice_ui.find(pattern), "the [FAILED] line")
+        self.assertIsNone(alice_ui.find(r"^\[ERROR\] USER_NOT_FOUND"))
+
+    @inlineCallbacks
     def test_reconnect_after_server_restart(self):
         """The server goes away: reported; it comes back on the same port: logged in again by itself."""
         server = self.start_server(0)

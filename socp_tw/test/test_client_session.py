@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import deque
 from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, keystore, wire
 from socp_tw.client import session as session_module
 from socp_tw.client.connection import Connection
+from socp_tw.client.console import Console
 from socp_tw.client.pins import PinStore
-from socp_tw.client.session import MAX_DM_BYTES, PART_TEXT_BYTES, ClientSession, encode_dm_parts
+from socp_tw.client.session import (
+    MAX_DM_BYTES,
+    PART_TEXT_BYTES,
+    ClientSession,
+    SentDMs,
+    encode_dm_parts,
+)
 from socp_tw.test.keys import test_key
 from socp_tw.testing import SynchronousWorkers
 
@@ -121,8 +130,8 @@ class FakeServer:
     def push(self, link: FakeLink, ftype: str, payload: dict, ts: int | None = None, key=None) -> None:
         link.session.frame_received(self.envelope(ftype, link.user_id or "*", payload, ts, key))
 
-    def error(self, link: FakeLink, code: str, detail: str, ref: str) -> None:
-        self.push(link, "ERROR", {"code": code, "detail": detail, "msg_ref": ref})
+    def error(self, link: FakeLink, code: str, detail: str, ref: str, **extra: Any) -> None:
+        self.push(link, "ERROR", {"code": code, "detail": detail, "msg_ref": ref, **extra})
 
     def add_account(self, user_id: str, key, password: str = PASSWORD) -> None:
         self.accounts[user_id] = {
@@ -228,7 +237,9 @@ class FakeServer:
             return self.error(link, "INVALID_SIG", "bad content_sig", "MSG_DIRECT")
         target = self.online.get(env.to)
         if target is None:
-            return self.error(link, "USER_NOT_FOUND", f"{env.to} is not online", "MSG_DIRECT")
+            return self.error(
+                link, "USER_NOT_FOUND", f"{env.to} is not online", "MSG_DIRECT", user_id=env.to, ts=env.ts
+            )
         payload = {
             "ciphertext": p["ciphertext"],
             "sender": env.from_,
@@ -873,6 +884,130 @@ class DirectMessageTests(SessionTestBase):
         self.server.push(link, "ERROR", {"code": "X", "detail": "forged"}, key=test_key(4))
         self.assertNotIn("[ERROR] X: forged", ui.lines)
         self.assertTrue(ui.matching(r"ignored an ERROR frame with an invalid server signature"))
+
+
+class FailedDeliveryTests(SessionTestBase):
+    """ERROR {msg_ref: MSG_DIRECT, user_id, ts}: a [FAILED] line naming the DM, once per message."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.alice, self.ui, self.link, _ = self.online_user(1)
+        self.bob, _, self.bob_link, self.bob_id = self.online_user(2)
+        self.successResultOf(self.alice.tell(self.bob_id, "first contact"))  # alice knows bob's key
+        self.bob_link.close(1000, "bob left")  # from now on the server cannot deliver to bob
+        self.ui.lines.clear()
+
+    def sent_at(self) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(self.clock.seconds()))
+
+    def failed(self) -> list[str]:
+        return self.ui.matching(r"^\[FAILED\] ")
+
+    def test_known_ts(self) -> None:
+        self.successResultOf(self.alice.tell(self.bob_id, "hello bob"))
+        self.assertEqual(
+            self.failed(),
+            [
+                f'[FAILED] DM to {self.bob_id} ("hello bob", sent {self.sent_at()}) was not delivered: '
+                f"USER_NOT_FOUND: {self.bob_id} is not online"
+            ],
+        )
+        self.assertNotIn("[ERROR] USER_NOT_FOUND", self.ui.text())
+
+    def test_long_text_is_cut(self) -> None:
+        text = "0123456789" * 5
+        self.successResultOf(self.alice.tell(self.bob_id, text))
+        [line] = self.failed()
+        self.assertIn(f'("{text[:30]}…", sent ', line)
+
+    def test_unknown_or_absent_ts(self) -> None:
+        ref = {"code": "TIMEOUT", "detail": "no answer", "msg_ref": "MSG_DIRECT", "user_id": self.bob_id}
+        self.server.push(self.link, "ERROR", {**ref, "ts": 12345})
+        self.server.push(self.link, "ERROR", ref)
+        self.server.push(self.link, "ERROR", {**ref, "ts": "soon"})
+        expected = f"[FAILED] DM to {self.bob_id} was not delivered: TIMEOUT: no answer"
+        self.assertEqual(self.failed(), [expected] * 3)
+
+    def test_a_multi_part_message_fails_once(self) -> None:
+        clock = iter(range(1_700_000_000_000, 1_700_000_100_000, 7))
+        self.alice._now_ms = lambda: next(clock)  # every part its own ts
+        text = "long " * 400
+        self.successResultOf(self.alice.tell(self.bob_id, text))
+        parts = [f for f in self.link.sent if f["type"] == "MSG_DIRECT"][-len(encode_dm_parts(text)) :]
+        self.assertGreater(len({f["ts"] for f in parts}), 3)
+        for frame in parts:  # a later error (other code) for each part again
+            self.server.push(
+                self.link,
+                "ERROR",
+                {
+                    "code": "INVALID_SIG",
+                    "detail": "x",
+                    "msg_ref": "MSG_DIRECT",
+                    "user_id": self.bob_id,
+                    "ts": frame["ts"],
+                },
+            )
+        [line] = self.failed()
+        self.assertTrue(line.startswith(f'[FAILED] DM to {self.bob_id} ("{text[:30]}…", sent '))
+        self.assertTrue(line.endswith(f"USER_NOT_FOUND: {self.bob_id} is not online"))
+        # A second message is reported on its own.
+        self.successResultOf(self.alice.tell(self.bob_id, "again"))
+        self.assertEqual(len(self.failed()), 2)
+
+    def test_text_and_fields_are_escaped(self) -> None:
+        self.successResultOf(self.alice.tell(self.bob_id, "\x1b[2Jhi\nthere\u202e"))
+        [line] = self.failed()
+        self.assertIn('("\\x1b[2Jhi\\nthere\\u202e", sent ', line)
+        self.server.push(
+            self.link,
+            "ERROR",
+            {"code": "X\x1b[1m", "detail": "d\x07", "msg_ref": "MSG_DIRECT", "user_id": "\x1b]0;evil\x07"},
+        )
+        self.assertEqual(
+            self.failed()[-1], "[FAILED] DM to \\x1b]0;evil\\x07 was not delivered: X\\x1b[1m: d\\x07"
+        )
+        self.assertNotIn("\x1b", self.ui.text())
+
+    def test_an_error_without_user_id_keeps_the_error_line(self) -> None:
+        self.server.error(self.link, "USER_NOT_FOUND", "bob left", "MSG_DIRECT")
+        self.assertEqual(self.ui.lines[-1], "[ERROR] USER_NOT_FOUND: bob left")
+        self.assertEqual(self.failed(), [])
+
+    def test_forgotten_after_ten_minutes(self) -> None:
+        self.server.silent = True  # nothing answers now: the ERROR comes later, by hand
+        self.successResultOf(self.alice.tell(self.bob_id, "late"))
+        ts = self.link.sent[-1]["ts"]
+        error = {"code": "TIMEOUT", "detail": "", "msg_ref": "MSG_DIRECT", "user_id": self.bob_id, "ts": ts}
+        self.clock.advance(session_module.SENT_DM_TTL + 1)
+        self.server.push(self.link, "ERROR", error)
+        self.assertEqual(self.failed(), [f"[FAILED] DM to {self.bob_id} was not delivered: TIMEOUT: "])
+        self.assertEqual(len(self.alice.sent_dms), 0)
+
+    def test_the_record_is_bounded(self) -> None:
+        record = SentDMs(self.clock, limit=3)
+        messages = []
+        for ts in range(5):
+            messages.append(record.add(self.bob_id, f"m{ts}"))
+            record.add_part(messages[-1], ts)
+        self.assertEqual(len(record), 3)
+        self.assertIsNone(record.find(self.bob_id, 0))
+        self.assertIsNone(record.find(self.bob_id, 1))  # its parts went with it
+        self.assertIs(record.find(self.bob_id, 4), messages[4])
+        self.assertIsNone(record.find(wire.new_uuid4(), 4))
+        self.assertEqual(len(SentDMs(self.clock)._messages), 0)
+
+    def test_through_the_console_in_scripted_mode(self) -> None:
+        """The console prints the same line when it is not on a terminal."""
+        console = Console(interactive=False)
+        transport = StringTransport()
+        console.makeConnection(transport)
+        self.alice.ui = console
+        self.successResultOf(self.alice.tell(self.bob_id, "hello bob"))
+        self.assertIn(
+            f'[FAILED] DM to {self.bob_id} ("hello bob", sent {self.sent_at()}) was not delivered: '
+            f"USER_NOT_FOUND: {self.bob_id} is not online\n",
+            transport.value().decode(),
+        )
 
 
 class RejectedDeliveryTests(SessionTestBase):
