@@ -105,7 +105,7 @@ class LinkEvents(SessionCore):
         return None
 
     def send_file(self, user_id: str, path: str) -> Deferred:
-        """``/file <uuid> <path>``: stream a file to ``user_id`` (client/files.py); fires when done."""
+        """``/file <uuid> <path>``: stream a file to ``user_id`` (socp_tw/client/files/); fires when done."""
         return Deferred.fromCoroutine(self.files.send(user_id, path)).addErrback(self._internal_error)
 
     def _on_file_frame(self, envelope: wire.Envelope) -> None:
