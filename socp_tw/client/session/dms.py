@@ -36,9 +36,37 @@ def _dm_frame(
 ) -> bytes:
     """One MSG_DIRECT: OAEP to the recipient, content_sig over the §2 DM preimage, transport sig."""
     ciphertext = crypto.oaep_encrypt(recipient_key, plain)
-    content_sig = crypto.sign_content(key, crypto.dm_preimage(ciphertext, from_, to, ts))
+    preimage = crypto.dm_preimage(ciphertext, from_, to, ts)
+    return message_frame(key, "MSG_DIRECT", from_, to, ts, ciphertext, sender_pub, preimage)
+
+
+def message_frame(
+    key: RSAPrivateKey,
+    ftype: str,
+    from_: str,
+    to: str,
+    ts: int,
+    ciphertext: str,
+    sender_pub: str,
+    preimage: bytes,
+) -> bytes:
+    """A MSG_DIRECT or MSG_PUBLIC_CHANNEL: ``content_sig`` by ``key`` over ``preimage``, and the
+    transport signature.  Runs on the workers."""
+    content_sig = crypto.sign_content(key, preimage)
     payload = {"ciphertext": ciphertext, "sender_pub": sender_pub, "content_sig": content_sig}
-    return signed_frame(key, "MSG_DIRECT", from_, to, ts, payload)
+    return signed_frame(key, ftype, from_, to, ts, payload)
+
+
+async def parts_to_send(session: SessionCore, text: str) -> list[bytes] | None:
+    """The plaintext parts of a message about to be sent (``/tell``, ``/all``), or None after
+    saying why not (not online, too long)."""
+    if not await session._require_online():
+        return None
+    try:
+        return encode_dm_parts(text)
+    except ValueError as e:
+        session.show(f"[ERROR] message not sent: {e}")
+        return None
 
 
 def encode_dm_parts(text: str, msg_id: str | None = None) -> list[bytes]:
@@ -66,12 +94,8 @@ class DirectMessages(SessionCore):
         return Deferred.fromCoroutine(self._tell(user_id, text)).addErrback(self._internal_error)
 
     async def _tell(self, user_id: str, text: str) -> None:
-        if not await self._require_online():
-            return
-        try:
-            plaintexts = encode_dm_parts(text)
-        except ValueError as e:
-            self.show(f"[ERROR] message not sent: {e}")
+        plaintexts = await parts_to_send(self, text)
+        if plaintexts is None:
             return
         try:
             key_text = await self._recipient_key(user_id)

@@ -9,8 +9,8 @@ from twisted.internet.defer import Deferred, DeferredList
 from socp_tw import crypto, wire
 from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
-from socp_tw.client.session.core import SessionCore, signed_frame
-from socp_tw.client.session.dms import encode_dm_parts
+from socp_tw.client.session.core import SessionCore
+from socp_tw.client.session.dms import message_frame, parts_to_send
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.session")
@@ -30,9 +30,8 @@ def _public_frame(
     """One member's MSG_PUBLIC_CHANNEL: OAEP to that member, content_sig over the §2 public
     preimage (``ciphertext + from + ts``), transport sig.  Runs on the workers."""
     ciphertext = crypto.oaep_encrypt(crypto.load_public_key(recipient_pub), plain)
-    content_sig = crypto.sign_content(key, crypto.public_preimage(ciphertext, from_, ts))
-    payload = {"ciphertext": ciphertext, "sender_pub": sender_pub, "content_sig": content_sig}
-    return signed_frame(key, "MSG_PUBLIC_CHANNEL", from_, to, ts, payload)
+    preimage = crypto.public_preimage(ciphertext, from_, ts)
+    return message_frame(key, "MSG_PUBLIC_CHANNEL", from_, to, ts, ciphertext, sender_pub, preimage)
 
 
 class PublicChannel(SessionCore):
@@ -44,12 +43,8 @@ class PublicChannel(SessionCore):
         return Deferred.fromCoroutine(self._send_all(text)).addErrback(self._internal_error)
 
     async def _send_all(self, text: str) -> None:
-        if not await self._require_online():
-            return
-        try:
-            plaintexts = encode_dm_parts(text)
-        except ValueError as e:
-            self.show(f"[ERROR] message not sent: {e}")
+        plaintexts = await parts_to_send(self, text)
+        if plaintexts is None:
             return
         # Right after the login the membership snapshot may still be on its way.
         await self._wait_until(
