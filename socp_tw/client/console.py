@@ -161,6 +161,13 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def one_line(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (the last one ``…`` when cut) and escaped like
+    :func:`printable`, with newlines shown as ``\\n``: safe inside one line of output."""
+    shown = text if len(text) <= limit else text[: limit - 1] + "…"
+    return printable(shown).replace("\n    ", "\\n")
+
+
 @implementer(IHalfCloseableProtocol)
 class Console(LineReceiver):
     """Line-oriented stdio protocol: ``do_<command>`` dispatch, prompt redraw, password mode.
@@ -180,9 +187,13 @@ class Console(LineReceiver):
         echo: TerminalEcho | None = None,
         prompt: str = PROMPT,
         editing: bool = False,
+        scripted: bool | None = None,
     ) -> None:
         self.commands = commands
         self.interactive = interactive
+        # Standard input is a script, not a person (default: no terminal to switch echo on).
+        self.scripted = echo is None if scripted is None else scripted
+        self._unasked_passwords = 0  # see passwords_not_asked()
         self._echo = echo
         # Our own line editor (terminal in character mode): the prompt redraw can then show
         # what the user has typed so far under an incoming line.
@@ -250,6 +261,15 @@ class Console(LineReceiver):
         if len(self._password_waiters) == 1:
             self._start_password_prompt(prompt)
         return waiter
+
+    def passwords_not_asked(self, count: int = 1) -> None:
+        """A command ended without asking for the ``count`` passwords it normally reads (e.g.
+        ``/login`` of the user already logged in).  A script still carries their answers: the
+        next ``count`` lines that are not known commands are dropped unread, so a password is
+        never run (and echoed back in an error) as a command.  Nothing on a terminal: a
+        person who saw no prompt typed no password."""
+        if self.scripted:
+            self._unasked_passwords = count
 
     def _start_password_prompt(self, prompt: str) -> None:
         if self._echo is not None and not self.editing:
@@ -338,7 +358,14 @@ class Console(LineReceiver):
 
     def _pump(self) -> None:
         while self._running is None and not self._password_waiters and self._lines:
-            self._dispatch(self._lines.popleft())
+            line = self._lines.popleft()
+            if self._unasked_passwords:
+                self._unasked_passwords -= 1
+                if self._handler(line) is None:
+                    _log.debug("Dropped a script line answering a password prompt that was not needed")
+                    continue
+                self._unasked_passwords = 0
+            self._dispatch(line)
         if self._eof and self._running is None and not self._lines:
             self._end_of_input()
 
@@ -364,6 +391,16 @@ class Console(LineReceiver):
         _log.failure("Command failed", failure)
         self.show(f"[ERROR] {printable(str(failure.value)) or failure.type.__name__}")
 
+    def _handler(self, line: str) -> Callable[[str], Any] | None:
+        """The ``do_<name>`` method of a line naming a known command, else None."""
+        stripped = line.strip()
+        if not stripped.startswith("/"):
+            return None
+        name = stripped[1:].partition(" ")[0]
+        if not (name.isalnum() and name.isascii()):
+            return None
+        return getattr(self, f"do_{name.lower()}", None)
+
     def run_line(self, line: str) -> Deferred | None:
         """Parse one input line and run its command; returns the command's Deferred, if any."""
         stripped = line.strip()
@@ -373,7 +410,7 @@ class Console(LineReceiver):
             self.show("Commands start with /. To send a message: /tell <user_uuid> <text>. Type /help.")
             return None
         name, _, rest = stripped[1:].partition(" ")
-        handler = getattr(self, f"do_{name.lower()}", None) if name.isalnum() and name.isascii() else None
+        handler = self._handler(stripped)
         if handler is None:
             self.show(f"Unknown command /{printable(name)}. Type /help.")
             return None

@@ -18,10 +18,10 @@ from twisted.trial.unittest import TestCase
 
 from socp_tw import crypto, wire
 from socp_tw.services.files import CHUNK_BYTES
+from socp_tw.test.client.test_e2e import ClientE2EBase
+from socp_tw.test.client.test_e2e import wait_until as poll_until
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled, wait_until
-from socp_tw.test.test_client_e2e import ClientE2EBase
-from socp_tw.test.test_client_e2e import wait_until as poll_until
 from socp_tw.test.test_users_e2e import RawUser
 
 ALICE_KEY, BOB_KEY = 6, 7

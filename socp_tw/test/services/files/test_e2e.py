@@ -22,9 +22,9 @@ from socp_tw.auth.scrypt import TEST_SCRYPT
 from socp_tw.client.app import ClientApp
 from socp_tw.client.files import CHUNK_BYTES
 from socp_tw.content import file_end_preimage
+from socp_tw.test.client.test_e2e import PASSWORD, RecordingUI, wait_until
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer
-from socp_tw.test.test_client_e2e import PASSWORD, RecordingUI, wait_until
 
 ALICE_KEY, BOB_KEY = 1, 2
 BOB_SERVER_MAX = 100_000

@@ -26,9 +26,9 @@ from socp_tw.client.app import app_from_options
 from socp_tw.client.connection import tls_failure_reason
 from socp_tw.client.options import Options
 from socp_tw.test import tls_certs
+from socp_tw.test.client.test_e2e import PASSWORD, RecordingUI, wait_until
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import RunningServer
-from socp_tw.test.test_client_e2e import PASSWORD, RecordingUI, wait_until
 from socp_tw.test.tls_certs import shared_pki, write_pem
 
 WSS = "wss://127.0.0.1:8443"

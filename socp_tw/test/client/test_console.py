@@ -251,6 +251,80 @@ class SerialCommandTests(ConsoleTestBase):
         self.assertEqual(self.commands.calls, [("quit",)])
 
 
+class UnaskedPasswordTests(ConsoleTestBase):
+    """A script's password line after a command that asked for none is dropped, not run."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.console.scripted = True
+
+        def login(user_id):
+            self.commands.calls.append(("login", user_id))
+            self.console.show(f"[LOGIN SUCCESS] {user_id}")
+            self.console.passwords_not_asked()
+            return succeed(None)
+
+        self.commands.login = login
+
+    def test_password_line_is_dropped(self) -> None:
+        self.type(f"/login {UUID}\nsecret pw\n/list\n".encode())
+        self.assertEqual(self.commands.calls, [("login", UUID), ("list",)])
+        self.assertEqual(self.output(), f"[LOGIN SUCCESS] {UUID}\n")
+
+    def test_password_line_arriving_later_is_dropped(self) -> None:
+        self.type(f"/login {UUID}\n".encode())
+        self.type(b"secret pw\n")
+        self.type(b"plain text\n")
+        self.assertEqual(self.commands.calls, [("login", UUID)])
+        self.assertEqual(
+            self.output(),
+            f"[LOGIN SUCCESS] {UUID}\n"
+            "Commands start with /. To send a message: /tell <user_uuid> <text>. Type /help.\n",
+        )
+
+    def test_password_like_an_unknown_command_is_not_echoed(self) -> None:
+        self.type(f"/login {UUID}\n/s3cret word\n".encode())
+        self.assertNotIn("s3cret", self.output())
+        self.assertEqual(self.commands.calls, [("login", UUID)])
+
+    def test_a_command_next_runs_and_ends_the_skipping(self) -> None:
+        """A script with --password-file has no password line: its next command runs."""
+        self.type(f"/login {UUID}\n/list\nhello\n".encode())
+        self.assertEqual(self.commands.calls, [("login", UUID), ("list",)])
+        self.assertIn("Commands start with /.", self.output())
+
+    def test_register_skips_two(self) -> None:
+        self.console.passwords_not_asked(2)
+        self.type(b"one\ntwo\nthree\n")
+        self.assertEqual(self.output().count("Commands start with /."), 1)
+
+    def test_lines_queued_behind_a_pending_command(self) -> None:
+        """The drop applies to the lines after the command, also those typed while it ran."""
+        pending: Deferred = Deferred()
+
+        def login(user_id):
+            self.commands.calls.append(("login", user_id))
+            return pending
+
+        self.commands.login = login
+        self.type(f"/login {UUID}\nsecret pw\n/list\n".encode())
+        self.assertEqual(self.commands.calls, [("login", UUID)])
+        self.console.passwords_not_asked()
+        pending.callback(None)
+        self.assertEqual(self.commands.calls, [("login", UUID), ("list",)])
+        self.assertEqual(self.output(), "")
+
+    def test_not_on_a_terminal(self) -> None:
+        """A person who saw no prompt typed no password: nothing is dropped."""
+        self.console.scripted = False
+        self.type(f"/login {UUID}\nhello\n".encode())
+        self.assertIn("Commands start with /.", self.output())
+
+    def test_scripted_by_default_without_a_terminal(self) -> None:
+        self.assertTrue(Console(self.commands, interactive=False).scripted)
+        self.assertFalse(Console(self.commands, interactive=False, echo=FakeEcho()).scripted)
+
+
 class InteractiveTests(ConsoleTestBase):
     interactive = True
 

@@ -123,6 +123,14 @@ class SingleServerTests(ClientE2EBase):
         self.assertNotIn(PASSWORD.encode(), transport.value())
         console.dataReceived(b"/list\n")
         yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), "/list output")
+        # The integration guide's "/register then /login": no prompt, and the script's password
+        # line after it is not run as a command.
+        transport.clear()
+        console.dataReceived(f"/login {user_id}\n{PASSWORD}\n/list\n".encode())
+        yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), "the second /list")
+        self.assertTrue(transport.value().startswith(f"[LOGIN SUCCESS] {user_id}\nOnline users (".encode()))
+        self.assertNotIn(b"Password: ", transport.value())
+        self.assertNotIn(b"Commands start with /", transport.value())
         yield app.quit()
 
         # A second device: only the user id and the password.
@@ -209,6 +217,25 @@ class SingleServerTests(ClientE2EBase):
         yield alice.session.tell(bob_id, "the real one")
         yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: the real one$"), "the genuine DM")
         self.assertIsNone(bob_ui.find("forged text"))
+
+    @inlineCallbacks
+    def test_undeliverable_dm_is_named(self):
+        """The server cannot deliver a DM (the recipient left): the sender is told which DM failed."""
+        server = self.start_server(0)
+        alice, alice_ui, _ = yield self.registered_client(server.url, 1)
+        bob, bob_ui, bob_id = yield self.registered_client(server.url, 2)
+        yield alice.session.tell(bob_id, "are you there?")  # alice now knows bob's key
+        yield wait_until(lambda: bob_ui.find(r"^DM from .*: are you there\?$"), "the first DM")
+        yield bob.quit()
+        yield wait_until(lambda: bob_id not in alice.session.presence, "bob's departure")
+        yield alice.session.tell(bob_id, "hello? " * 10)
+        # The preview and time once the server names the DM's ts; without it the short form.
+        pattern = (
+            rf'^\[FAILED\] DM to {bob_id}( \("(hello\? ){{4}}hell…", sent \d\d:\d\d:\d\d\))? '
+            r"was not delivered: USER_NOT_FOUND: "
+        )
+        yield wait_until(lambda: alice_ui.find(pattern), "the [FAILED] line")
+        self.assertIsNone(alice_ui.find(r"^\[ERROR\] USER_NOT_FOUND"))
 
     @inlineCallbacks
     def test_reconnect_after_server_restart(self):

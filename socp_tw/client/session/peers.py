@@ -1,0 +1,185 @@
+"""Other users: presence from the server's relays, their keys against the pins, ``/list`` and
+``/trust``."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, DeferredList
+
+from socp_tw import crypto, wire
+from socp_tw.client.console import printable
+from socp_tw.client.pins import CHANGED, NEW
+from socp_tw.client.session.core import RequestFailed, ServerError, SessionCore
+from socp_tw.logs import get_logger
+
+_log = get_logger("socp_tw.client.session")
+
+MAX_LIST_LOOKUPS = 100
+
+
+class Peers(SessionCore):
+    """Who is online, and which key each user has (TOFU pins)."""
+
+    def _on_advertise(self, envelope: wire.Envelope) -> None:
+        if self._signed_by_server(envelope) is False and envelope.from_ == self.server_id:
+            self._count("bad_server_sig")
+            return
+        payload = envelope.payload
+        user_id = payload.get("user_id")
+        if not wire.is_uuid(user_id) or user_id == self.user_id:
+            return
+        server_id = payload.get("server_id")
+        self.presence[user_id] = server_id if isinstance(server_id, str) else envelope.from_
+        pubkey = payload.get("pubkey")
+        if not isinstance(pubkey, str):
+            meta = payload.get("meta")
+            pubkey = meta.get("pubkey") if isinstance(meta, dict) else None
+        if isinstance(pubkey, str):
+            self._saw_key(user_id, pubkey)
+
+    def _on_remove(self, envelope: wire.Envelope) -> None:
+        if self._signed_by_server(envelope) is False and envelope.from_ == self.server_id:
+            return
+        user_id = envelope.payload.get("user_id")
+        server_id = envelope.payload.get("server_id")
+        if isinstance(user_id, str) and (server_id is None or self.presence.get(user_id) == server_id):
+            self.presence.pop(user_id, None)
+
+    def _on_user_list(self, envelope: wire.Envelope) -> None:
+        if self._signed_by_server(envelope) is False:
+            return
+        users = envelope.payload.get("users")
+        if not isinstance(users, list):
+            return
+        for item in users[:10000]:
+            if isinstance(item, dict):
+                user_id = item.get("user_id")
+                if wire.is_uuid(user_id) and user_id != self.user_id:
+                    self.presence.setdefault(user_id, str(item.get("server_id", "")))
+                    if isinstance(item.get("pubkey"), str):
+                        self._saw_key(user_id, item["pubkey"])
+            elif wire.is_uuid(item) and item != self.user_id:
+                self.presence.setdefault(item, "")
+
+    def _saw_key(self, user_id: str, pubkey: str) -> bool:
+        """Remember the key the network shows for ``user_id``; warn once if it differs from the pin."""
+        try:
+            check = self.pins.check_user(user_id, pubkey)
+        except crypto.BadKey as e:
+            _log.info("Ignored an unusable key for {user_id}: {detail}", user_id=user_id, detail=e.detail)
+            return False
+        self._seen_keys[user_id] = pubkey
+        if check.status == CHANGED and (user_id, check.fingerprint) not in self._warned_keys:
+            self._warned_keys.add((user_id, check.fingerprint))
+            self._key_changed_warning(user_id, check.pinned_fingerprint, check.fingerprint)
+        return True
+
+    def _key_changed_warning(self, user_id: str, pinned: str | None, new: str) -> None:
+        self.show(
+            f"[WARNING] !!! THE KEY OF {user_id} HAS CHANGED !!!\n"
+            f"  pinned [{pinned}], now offered [{new}].\n"
+            f"  Someone may be impersonating this user. Messages signed by the new key are rejected and\n"
+            f"  /tell refuses to encrypt to it. If you have verified the new fingerprint with them,\n"
+            f"  run /trust {user_id}"
+        )
+
+    def list_users(self) -> Deferred:
+        """``/list``: LIST_REQUEST, then one line per online user with a key fingerprint."""
+        return Deferred.fromCoroutine(self._list()).addErrback(self._internal_error)
+
+    async def _list(self) -> None:
+        if not await self._require_online():
+            return
+        response = self._expect("LIST_RESPONSE", "LIST_REQUEST")
+        self._send("LIST_REQUEST", self.server_id or "*", {})
+        try:
+            envelope = await response
+            users = envelope.payload.get("online_users", envelope.payload.get("users"))
+            if not isinstance(users, list):
+                raise RequestFailed("the server's LIST_RESPONSE has no user list")
+            online = {u.lower() for u in users[:100000] if wire.is_uuid(u)}
+        except ServerError as e:
+            if e.code != "UNKNOWN_TYPE":
+                self.show(f"[ERROR] {printable(str(e))}")
+                return
+            online = set(self.presence)  # a server without LIST_REQUEST: our own view from gossip
+        except RequestFailed as e:
+            self.show(f"[ERROR] /list failed: {printable(str(e))}")
+            return
+        online.add(self.user_id)
+        unknown = [u for u in sorted(online) if u != self.user_id and self._known_key(u) is None]
+        if unknown and self.logged_in:
+            await DeferredList([self._fetch_key(u) for u in unknown[:MAX_LIST_LOOKUPS]], consumeErrors=True)
+        lines = [f"Online users ({len(online)}):"]
+        for user_id in sorted(online):
+            lines.append(self._list_line(user_id))
+        self.show("\n".join(lines))
+
+    def _known_key(self, user_id: str) -> str | None:
+        if user_id == self.user_id:
+            return self._pub
+        return self._seen_keys.get(user_id) or self.pins.user_key(user_id)
+
+    def _list_line(self, user_id: str) -> str:
+        if user_id == self.user_id:
+            return f"* {user_id}  [{crypto.fingerprint(self._key)}] (you)"
+        key = self._known_key(user_id)
+        if key is None:
+            return f"  {user_id}  [key unknown]"
+        check = self.pins.check_user(user_id, key)
+        if check.status == CHANGED:
+            return f"  {user_id}  [{check.fingerprint}] KEY CHANGED (pinned [{check.pinned_fingerprint}])"
+        return f"  {user_id}  [{check.fingerprint}]"
+
+    async def _fetch_key(self, user_id: str) -> str | None:
+        """PUBKEY_REQUEST → the key the server knows for ``user_id`` (remembered), or None."""
+        answer = self._expect(
+            "PUBKEY_RESPONSE",
+            "PUBKEY_REQUEST",
+            match=lambda e: e.payload.get("user_id") == user_id,
+            timeout=self._pubkey_timeout,
+        )
+        self._send("PUBKEY_REQUEST", self.server_id or "*", {"user_id": user_id})
+        try:
+            envelope = await answer
+        except ServerError as e:
+            if e.code not in ("USER_NOT_FOUND", "UNKNOWN_TYPE"):
+                raise
+            return None
+        pubkey = envelope.payload.get("pubkey")
+        if isinstance(pubkey, str) and self._saw_key(user_id, pubkey):
+            return pubkey
+        return None
+
+    async def _recipient_key(self, user_id: str) -> str | None:
+        if user_id == self.user_id:
+            return self._pub
+        key = self._seen_keys.get(user_id)
+        if key is None:
+            key = await self._fetch_key(user_id)
+        if key is None:
+            key = self.pins.user_key(user_id)
+        return key
+
+    def trust(self, user_id: str) -> Deferred:
+        """``/trust <uuid>``: pin the key the network now shows for ``user_id`` (after a change)."""
+        return Deferred.fromCoroutine(self._trust(user_id)).addErrback(self._internal_error)
+
+    async def _trust(self, user_id: str) -> None:
+        key = self._seen_keys.get(user_id)
+        if key is None and self.logged_in:
+            try:
+                key = await self._fetch_key(user_id)
+            except (ServerError, RequestFailed):
+                key = None
+        if key is None:
+            self.show(f"[ERROR] no key of {user_id} seen yet: nothing to trust")
+            return
+        check = self.pins.check_user(user_id, key)
+        if check.status != CHANGED:
+            if check.status == NEW:
+                self.pins.pin_user(user_id, key)
+            self.show(f"The key of {user_id} [{check.fingerprint}] is trusted.")
+            return
+        self.pins.pin_user(user_id, key)
+        self._warned_keys.discard((user_id, check.fingerprint))
+        self.show(f"[KEY] now trusting {user_id} [{check.fingerprint}] (was [{check.pinned_fingerprint}])")

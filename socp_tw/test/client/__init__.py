@@ -1,0 +1,1 @@
+"""Tests of socp-client (socp_tw/client/), a package mirroring it."""
