@@ -324,7 +324,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
         hub, presence, router, store, signer, workers, clock=reactor, limits=limits, user_keys=user_keys
     )
     users.setServiceParent(top)
-    public = PublicChannel(store, presence, mesh, router, users, signer, workers, clock=reactor)
+    public = PublicChannel(
+        store, presence, mesh, router, users, signer, workers, clock=reactor, user_keys=user_keys
+    )
     files = FileRelay(
         users,
         presence,

@@ -28,6 +28,7 @@ from socp_tw.interfaces import (
     ISigner,
     IStore,
     IUserFrames,
+    IUserKeys,
     IWorkers,
 )
 from socp_tw.logs import get_logger
@@ -73,6 +74,7 @@ class PublicChannel(Service):
         states_per_frame: int = 200,
         members_per_frame: int = 200,
         max_members: int = MAX_MEMBERS,
+        user_keys: IUserKeys | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -83,6 +85,8 @@ class PublicChannel(Service):
         self.users = IUserFrames(users)
         self.signer = ISigner(signer)
         self.workers = IWorkers(workers)
+        #: Server-side user key pins: a member event with another key is dropped (docs/SECURITY.md).
+        self.user_keys = IUserKeys(user_keys) if user_keys is not None else None
         self.clock = clock
         self.sweep_interval = sweep_interval
         self.evict_after = evict_after

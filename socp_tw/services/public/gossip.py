@@ -21,6 +21,7 @@ from socp_tw.services.public.state import (
     parse_event,
     parse_origins,
 )
+from socp_tw.services.userkeys import DIFFERS
 
 if TYPE_CHECKING:
     from socp_tw.services.public.channel import PublicChannel
@@ -99,6 +100,12 @@ class Gossip:
                     key = crypto.load_public_key(event.pubkey)
                 except crypto.BadKey as e:
                     self._drop(envelope, f"event for {event.member_id}: {e.detail}")
+                    continue
+                keys = channel.user_keys
+                if keys is not None and keys.check(event.member_id, event.pubkey) == DIFFERS:
+                    # A member's key is the one its id is pinned to, or /all would encrypt to another's.
+                    detail = f"event for {event.member_id} carries a key other than its pinned one"
+                    self._drop(envelope, detail)
                     continue
                 event = MemberState(
                     event.member_id,

@@ -8,6 +8,7 @@ from socp_tw import crypto, wire
 from socp_tw.services.public import (
     GROUP,
 )
+from socp_tw.services.userkeys import UserKeys
 from socp_tw.test.services.public.sim import (
     ALICE,
     BOB,
@@ -195,6 +196,20 @@ class HostileGossipTests(PublicTestBase):
         self.assertEqual(set(self.b.state.members()), {BOB})
         self.assertEqual(self.b.state.version, 2)
         self.assertEqual(self.b.public.counters["dropped.PUBLIC_CHANNEL_ADD"], 1)
+
+    def test_an_event_with_another_key_than_the_pinned_one_is_dropped(self) -> None:
+        # A lying server cannot put its own key behind a known user's id in the channel
+        # (every /all would then be encrypted to it).
+        keys = UserKeys()
+        keys.pin_advertised(ALICE, user_pub(ALICE), A)
+        self.b.public.user_keys = keys
+        forged = event(ALICE, origin=A, pubkey=user_pub(BOB)).to_wire()
+        fine = event(BOB, origin=A, seq=2, pubkey=user_pub(BOB)).to_wire()
+        self.receive({"events": [forged, fine], "counters": {A: 2}})
+        self.assertEqual(set(self.b.state.members()), {BOB})
+        self.assertEqual(self.b.public.counters["dropped.PUBLIC_CHANNEL_ADD"], 1)
+        self.receive({"events": [event(ALICE, origin=A, seq=3, pubkey=user_pub(ALICE)).to_wire()]})
+        self.assertEqual(self.b.state.members()[ALICE], user_pub(ALICE))
 
     def test_keys_are_stored_normalised(self) -> None:
         pem = crypto.encode_public_key(user_key(ALICE), pem=True)
