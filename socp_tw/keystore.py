@@ -14,6 +14,7 @@ from socp_tw.auth.login import SrpClient as SrpClient
 from socp_tw.auth.login import SrpServer as SrpServer
 from socp_tw.auth.scrypt import DEFAULT_SCRYPT as DEFAULT_SCRYPT
 from socp_tw.auth.scrypt import MIN_SCRYPT_N as MIN_SCRYPT_N
+from socp_tw.auth.scrypt import TEST_SCRYPT as TEST_SCRYPT
 from socp_tw.auth.scrypt import ScryptParams as ScryptParams
 from socp_tw.auth.sealing import open_private_key as open_private_key
 from socp_tw.auth.sealing import parse_keystore as parse_keystore

@@ -229,9 +229,9 @@ class SingleServerTests(ClientE2EBase):
         yield bob.quit()
         yield wait_until(lambda: bob_id not in alice.session.presence, "bob's departure")
         yield alice.session.tell(bob_id, "hello? " * 10)
-        # The preview and time once the server names the DM's ts; without it the short form.
+        # The server names the DM's ts: the line shows the first 30 characters and the time sent.
         pattern = (
-            rf'^\[FAILED\] DM to {bob_id}( \("(hello\? ){{4}}hell…", sent \d\d:\d\d:\d\d\))? '
+            rf'^\[FAILED\] DM to {bob_id} \("(hello\? ){{4}}he…", sent \d\d:\d\d:\d\d\) '
             r"was not delivered: USER_NOT_FOUND: "
         )
         yield wait_until(lambda: alice_ui.find(pattern), "the [FAILED] line")
