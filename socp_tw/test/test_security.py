@@ -264,6 +264,47 @@ class ServerLinkBindingTests(MeshTestCase):
         self.assertEqual(self.mesh.counters["dropped.own_frame"], 1)
         self.assertIsNone(self.presence.lookup(USER))
 
+    def test_presence_is_spoken_only_by_the_hosting_server(self) -> None:
+        # S1 joined honestly and signs with its own key, but speaks for S2's users.
+        link = self.link_in(S1)
+        self.announce_via(link, S2)
+        self.receive(link, self.advertise(S2))
+        other = self.link_in(S3)
+        sent_before = len(other.sent)
+        pubkey = crypto.encode_public_key(test_key(6))
+        invented = wire.new_uuid4()
+        for payload, kind in (
+            ({"user_id": USER, "server_id": S2}, "USER_REMOVE"),
+            ({"user_id": invented, "server_id": S2, "pubkey": pubkey}, "USER_ADVERTISE"),
+        ):
+            self.receive(link, self.frame(kind, S1, payload))
+        self.assertEqual(self.presence.lookup(USER).server_id, S2)  # not removed
+        self.assertIsNone(self.presence.lookup(invented))  # not invented
+        self.assertEqual(self.mesh.counters["dropped.not_hosting_server"], 2)
+        self.assertEqual(len(other.sent), sent_before)  # not forwarded
+        warnings = [line for line in self.lines() if "only a user's own server may" in line]
+        self.assertEqual(len(warnings), 1)  # once a minute per origin, with the count
+        self.assertIn(f"from server {S1}", warnings[0])
+        self.clock.advance(61)
+        self.receive(link, self.frame("USER_REMOVE", S1, {"user_id": USER, "server_id": S2, "n": 1}))
+        warnings = [line for line in self.lines() if "only a user's own server may" in line]
+        self.assertIn("(2 such frames", warnings[-1])
+
+    def test_takeover_with_another_key_is_refused(self) -> None:
+        link = self.link_in(S1)
+        self.announce_via(link, S2)
+        self.receive(link, self.advertise(S2))
+        taken = {"user_id": USER, "server_id": S1, "pubkey": crypto.encode_public_key(test_key(5))}
+        self.receive(link, self.frame("USER_ADVERTISE", S1, taken))
+        entry = self.presence.lookup(USER)
+        self.assertEqual((entry.server_id, entry.pubkey), (S2, crypto.encode_public_key(test_key(6))))
+        self.assertEqual(self.mesh.counters["user_key_refused"], 1)
+        self.assertTrue(any(f"REFUSED changed key for user {USER}" in line for line in self.lines()))
+        # The same key from the user's new server moves it (a proven hello there).
+        moved = {"user_id": USER, "server_id": S1, "pubkey": crypto.encode_public_key(test_key(6))}
+        self.receive(link, self.frame("USER_ADVERTISE", S1, moved))
+        self.assertEqual(self.presence.lookup(USER).server_id, S1)
+
     def test_replayed_server_frames_are_dropped(self) -> None:
         handled: list[Any] = []
         self.mesh.on_frame("SERVER_DELIVER", lambda envelope, link: handled.append(envelope))

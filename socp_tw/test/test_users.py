@@ -22,6 +22,7 @@ from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.services.hub import Hub
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
+from socp_tw.services.userkeys import UserKeys
 from socp_tw.services.users import MAX_AUTH_ATTEMPTS_PER_LINK, MAX_BACKLOG, UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import VECTORS, test_key, vector_key
@@ -86,8 +87,16 @@ class UserSideTestBase(SynchronousTestCase):
         self.peers = FakePeerLinks([OTHER_SERVER])
         self.router = Router(self.presence, self.signer, self.peers, clock=self.clock)
         self.store = self.store_class()
+        self.user_keys = UserKeys()
         self.users = UserSide(
-            self.hub, self.presence, self.router, self.store, self.signer, self.workers, clock=self.clock
+            self.hub,
+            self.presence,
+            self.router,
+            self.store,
+            self.signer,
+            self.workers,
+            clock=self.clock,
+            user_keys=self.user_keys,
         )
         self._link_ids = 0
 
