@@ -226,6 +226,15 @@ class SeenCacheTests(SynchronousTestCase):
         self.assertIn(("b",), seen)
         self.assertEqual(len(seen), 1)
 
+    def test_a_repeat_does_not_keep_a_key_alive(self) -> None:
+        clock = Clock()
+        seen = SeenCache(clock, max_size=10, max_age=600)
+        seen.add(("a",))
+        clock.advance(599)
+        seen.add(("a",))  # a replay loop must not refresh the entry
+        clock.advance(2)
+        self.assertNotIn(("a",), seen)
+
     def test_bounded_by_size(self) -> None:
         seen = SeenCache(Clock(), max_size=3, max_age=600)
         for name in "abcd":
@@ -1074,6 +1083,13 @@ class PreparedWhileVerifyingTests(MeshTestCase):
         self.receive(self.l1, self.deliver(S1, HERE, ts=self.now() + 1))
         self.assertEqual(self.events, ["verify", "handle"])
         self.assertIsNone(self.handled[0][2])
+
+    def test_preparing_resumes_once_the_bad_signature_is_out_of_the_window(self) -> None:
+        self.receive(self.l1, self.deliver(S1, HERE, signer=S2))
+        self.clock.advance(self.mesh.forged_window + 1)
+        self.events.clear()
+        self.receive(self.l1, self.deliver(S1, HERE, ts=self.now() + 1))
+        self.assertEqual(self.events, ["prepare", "verify", "handle"])
 
     def test_only_frames_addressed_to_us_are_prepared(self) -> None:
         self.receive(self.l1, self.deliver(S1, S2))  # relayed on, not ours

@@ -1,0 +1,49 @@
+"""The server mesh (PROTOCOL.md §4): joining, pinned keys, presence gossip, liveness, routing.
+
+One :class:`Mesh` owns every server-to-server link, whichever side dialled it:
+incoming links reach it through the hub (it claims the identifying frame types),
+outgoing ones through ``socp_tw.protocols.peer`` (which owns the redialling).  Every
+frame on a server link takes the same path: liveness, de-duplication, one
+verification step (the pinned key of its ``from``), then a per-type handler.
+
+docs/MESH.md describes the behaviour (join flow, pinning, gossip, liveness, routing
+and limits); the comments here say how the code does it.  One module per concern,
+mixed into :class:`Mesh` (``service``), all sharing its state: ``pins``, ``seen``,
+``handshake``, ``links``, ``liveness``, ``verify``, ``gossip``, ``relay``; ``state`` holds
+the per-link state and the constants they share.
+"""
+
+from socp_tw.services.mesh.pins import PEERS_FILE, KnownServer, PinStore, PinStoreError
+from socp_tw.services.mesh.seen import SeenCache
+from socp_tw.services.mesh.service import Mesh
+from socp_tw.services.mesh.state import (
+    CLAIMED_TYPES,
+    EXT_DELIVER_ACK,
+    GOSSIP_TYPES,
+    MAX_ANSWERED_TYPES,
+    MAX_KNOWN_SERVERS,
+    MAX_META_BYTES,
+    NEVER_ANSWERED,
+    OUR_EXTENSIONS,
+    KeyRefused,
+    envelope_list,
+)
+
+__all__ = [
+    "CLAIMED_TYPES",
+    "EXT_DELIVER_ACK",
+    "GOSSIP_TYPES",
+    "MAX_ANSWERED_TYPES",
+    "MAX_KNOWN_SERVERS",
+    "MAX_META_BYTES",
+    "NEVER_ANSWERED",
+    "OUR_EXTENSIONS",
+    "PEERS_FILE",
+    "KeyRefused",
+    "KnownServer",
+    "Mesh",
+    "PinStore",
+    "PinStoreError",
+    "SeenCache",
+    "envelope_list",
+]

@@ -1,0 +1,344 @@
+"""Identifying a server link: join (both sides), SERVER_WELCOME, HELLO_LINK, id adoption."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from socp_tw import crypto, wire
+from socp_tw.interfaces import ILink
+from socp_tw.services.mesh.seen import SeenCache
+from socp_tw.services.mesh.state import (
+    CLOSE_POLICY,
+    MAX_KNOWN_SERVERS,
+    OUR_EXTENSIONS,
+    KeyRefused,
+    _host_port,
+    _LinkState,
+    _parse_address_payload,
+    _says_it_acks,
+    envelope_list,
+)
+
+
+class Handshake:
+    """Mesh part: the first frames of a server link, dialler and accepting side."""
+
+    def _own_key_for(self, server_id: str | None = None, pem: bool = False) -> str:
+        """Our public key in the encoding ``server_id`` understands (PEM mirror, §8)."""
+        known = self._known.get(server_id) if server_id else None
+        return self._own_pem if pem or (known is not None and known.pem) else self._own_pubkey
+
+    def _address_payload(self, server_id: str | None = None, pem: bool = False) -> dict[str, Any]:
+        host, port = self.advertised_address()
+        pubkey = self._own_key_for(server_id, pem)
+        return {"host": host, "port": port, "pubkey": pubkey, "ext": OUR_EXTENSIONS}
+
+    def join(self, host: str, port: int) -> Any:
+        """Join (or re-join) the mesh through the introducer at ``host:port``, now."""
+        dialer = self._outgoing.dialer(host, port, server_id=None, join=True)
+        self._introducers.append(dialer)
+        dialer.resume()
+        return dialer
+
+    def outgoing_opened(self, link: ILink, dialer: Any) -> None:
+        """An outgoing WebSocket opened: identify ourselves (JOIN or LINK)."""
+        now = self._clock.seconds()
+        state = _LinkState(link, dialer, last_seen=now)
+        self._links[link.link_id] = state
+        link.role = "server"
+        self._log.info("Connected to peer {url}", url=dialer.url)
+        if dialer.server_id is None or dialer.join:
+            state.joining = True
+            payload = self._address_payload(dialer.server_id, getattr(dialer, "pem", False))
+            link.send(self._signer.frame("SERVER_HELLO_JOIN", _host_port(dialer.host, dialer.port), payload))
+            self._arm_dead_timer(state)
+            return
+        link.identity = dialer.server_id
+        link.send(
+            self._signer.frame("SERVER_HELLO_LINK", dialer.server_id, self._address_payload(dialer.server_id))
+        )
+        self._link_up(state, dialer.server_id)
+
+    # -- first frames of incoming links ---------------------------------------------------------
+
+    def _refuse(self, link: ILink, code: str, detail: str) -> None:
+        """Refuse a pending link that tried to identify as a server: one ERROR, then close."""
+        self.counters["refused." + code] += 1
+        self._log.warn(
+            "Refused server link {link} from {peer} ({code}): {detail}",
+            link=link.link_id,
+            peer=link.peer,
+            code=code,
+            detail=detail,
+        )
+        # The ERROR is signed on the pool: close only once it has been written, or it is lost.
+        frame = self._signer.frame("ERROR", "*", wire.error_payload(code, detail))
+        link.send(frame)
+        frame.addBoth(lambda _: link.close(CLOSE_POLICY, detail[:120]))
+
+    def _first_frame(self, link: ILink, envelope: wire.Envelope) -> None:
+        if envelope.type == "SERVER_HELLO_JOIN":
+            self._accept_join(link, envelope)
+        elif envelope.type in ("SERVER_HELLO_LINK", "SERVER_ANNOUNCE"):
+            self._accept_link(link, envelope)
+
+    def _accept_join(self, link: ILink, envelope: wire.Envelope) -> None:
+        """SERVER_HELLO_JOIN: assign an id, pin the key, answer SERVER_WELCOME; the link stays."""
+        try:
+            host, port, key_text = _parse_address_payload(envelope.payload)
+        except wire.FrameError as e:
+            self._refuse(link, e.code, e.detail)
+            return
+        try:
+            key = crypto.load_public_key(key_text)
+        except crypto.BadKey as e:
+            self._refuse(link, "BAD_KEY", e.detail)
+            return
+        if envelope.sig and not crypto.verify_payload(key, envelope.payload, envelope.sig):
+            self._refuse(link, "INVALID_SIG", "SERVER_HELLO_JOIN is not signed by the key it carries")
+            return
+        norm = crypto.encode_public_key(key)
+        requested = envelope.from_ if wire.is_uuid(envelope.from_) else None
+        assigned = requested
+        if requested is None or requested == self.server_id:
+            assigned = wire.new_uuid4()
+        elif requested in self._known and self._known[requested].pubkey == norm and not envelope.sig:
+            # Anyone can copy a public key: a pinned id must prove it holds the private one.
+            self._refuse(
+                link, "INVALID_SIG", f"server {requested} is known here: its SERVER_HELLO_JOIN must be signed"
+            )
+            return
+        elif requested in self._known and self._known[requested].pubkey != norm:
+            self._key_changed(requested, self._known[requested].key, key, "SERVER_HELLO_JOIN")
+            assigned = wire.new_uuid4()
+            self._log.warn(
+                "Server id {requested} is taken by another key: assigning {assigned} to the joiner",
+                requested=requested,
+                assigned=assigned,
+            )
+        try:
+            key, norm = self._check_key(assigned, key_text, "SERVER_HELLO_JOIN", (host, port))
+            known = self._remember(assigned, key, key_text, (host, port), "SERVER_HELLO_JOIN", linked=True)
+        except KeyRefused as e:
+            self._refuse(link, e.code, e.detail)
+            return
+        known.acks = _says_it_acks(envelope.payload)
+        if envelope.sig:
+            known.described = (envelope.payload, envelope.sig)
+        self._log.info("Server joining {server_id}", server_id=assigned)
+        self.counters["joins_accepted"] += 1
+        link.role = "server"
+        link.identity = assigned
+        self._hub.bind(link, self)
+        state = _LinkState(link, last_seen=self._clock.seconds())
+        self._links[link.link_id] = state
+        link.send(self._signer.frame("SERVER_WELCOME", assigned, self._welcome_payload(assigned)))
+        self._link_up(state, assigned)
+        self._want_link(assigned)
+
+    def _welcome_payload(self, joiner: str) -> dict[str, Any]:
+        """SERVER_WELCOME: us and every live linked server, in both list forms (§4)."""
+        host, port = self.advertised_address()
+        servers = [
+            {
+                "server_id": self.server_id,
+                "host": host,
+                "port": port,
+                "pubkey": self._own_key_for(joiner),
+                "ext": OUR_EXTENSIONS,
+            }
+        ]
+        for server_id in self.connected_servers():
+            known = self._known.get(server_id)
+            if server_id == joiner or known is None or known.host is None:
+                continue
+            pubkey = crypto.encode_public_key(known.key, pem=known.pem)
+            servers.append({"server_id": server_id, "host": known.host, "port": known.port, "pubkey": pubkey})
+        clients = [
+            {"user_id": s["server_id"], "host": s["host"], "port": s["port"], "pubkey": s["pubkey"]}
+            for s in servers
+        ]
+        return {"assigned_id": joiner, "clients": clients, "servers": servers}
+
+    def _accept_link(self, link: ILink, envelope: wire.Envelope) -> None:
+        """SERVER_HELLO_LINK (or SERVER_ANNOUNCE) as the first frame of an incoming link."""
+        server_id = envelope.from_
+        try:
+            host, port, key_text = _parse_address_payload(envelope.payload)
+        except wire.FrameError as e:
+            self._refuse(link, e.code, e.detail)
+            return
+        if server_id == self.server_id:
+            self._refuse(link, "BAD_FRAME", f"{envelope.type} claims this server's own id")
+            return
+        try:
+            key, _ = self._check_key(server_id, key_text, envelope.type, (host, port))
+            pinned = server_id in self._known or (host, port) in self._boot_keys
+            if envelope.sig or pinned:
+                if not crypto.verify_payload(key, envelope.payload, envelope.sig):
+                    raise KeyRefused("INVALID_SIG", f"{envelope.type} signature does not verify")
+            known = self._remember(server_id, key, key_text, (host, port), envelope.type, linked=True)
+        except KeyRefused as e:
+            self._refuse(link, e.code, e.detail)
+            return
+        known.acks = _says_it_acks(envelope.payload)
+        if envelope.sig:
+            known.described = (envelope.payload, envelope.sig)
+        link.role = "server"
+        link.identity = server_id
+        self._hub.bind(link, self)
+        state = _LinkState(link, last_seen=self._clock.seconds(), healthy=True)
+        self._links[link.link_id] = state
+        self._link_up(state, server_id)
+        self._want_link(server_id)
+        if envelope.type == "SERVER_ANNOUNCE":
+            self._seen.add(SeenCache.key(envelope))
+            self._log.info("Server announced: {server_id}", server_id=server_id)
+            self._forward(envelope, state)
+
+    # -- the join, dialler side -----------------------------------------------------------------
+
+    def _joining_frame(self, state: _LinkState, envelope: wire.Envelope) -> None:
+        if envelope.type == "SERVER_WELCOME":
+            self._welcome(state, envelope)
+        elif envelope.type == "ERROR":
+            payload = envelope.payload
+            self._log.warn(
+                "Introducer {url} answered ERROR {code}: {detail}",
+                url=state.dialer.url,
+                code=str(payload.get("code"))[:64],
+                detail=str(payload.get("detail"))[:200],
+            )
+        elif envelope.type == "CTRL_CLOSE":
+            self._close_later(state, "CTRL_CLOSE")
+        else:
+            self.counters["dropped.before_welcome"] += 1
+
+    def _welcome_entries(self, payload: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+        """(server_id, host, port, pubkey) of both lists of a SERVER_WELCOME, malformed entries skipped."""
+        entries: dict[str, tuple[str, str, int, str]] = {}
+        for list_name, id_field in (("servers", "server_id"), ("clients", "user_id")):
+            items = envelope_list(payload, list_name)
+            for item in items[:MAX_KNOWN_SERVERS]:
+                try:
+                    server_id = wire.require_uuid(item, id_field)
+                    host, port, key_text = _parse_address_payload(item)
+                except (wire.FrameError, AttributeError, TypeError):
+                    self.counters["welcome.bad_entry"] += 1
+                    continue
+                entries.setdefault(server_id, (server_id, host, port, key_text))
+        return list(entries.values())
+
+    def _welcome(self, state: _LinkState, envelope: wire.Envelope) -> None:
+        dialer = state.dialer
+        introducer = envelope.from_
+        payload = envelope.payload
+        if not wire.is_uuid(introducer) or introducer == self.server_id:
+            self._log.error(
+                "Peer {url} is this server itself (or sent a bad SERVER_WELCOME id): not joining through it",
+                url=dialer.url,
+            )
+            self._outgoing.remove(dialer)
+            self._forget_introducer(dialer)
+            state.link.close(CLOSE_POLICY, "not a valid introducer")
+            return
+        entries = self._welcome_entries(payload)
+        own_entry = next((e for e in entries if e[0] == introducer), None)
+        offered_text = payload.get("server_pub") if isinstance(payload.get("server_pub"), str) else None
+        if offered_text is None and own_entry is not None:
+            offered_text = own_entry[3]
+        address = (own_entry[1], own_entry[2]) if own_entry is not None else (dialer.host, dialer.port)
+        try:
+            known = self._known.get(introducer)
+            expected = known.pubkey if known is not None else self._boot_keys.get((dialer.host, dialer.port))
+            if offered_text is None and expected is None:
+                raise KeyRefused("BAD_KEY", "SERVER_WELCOME does not carry the introducer's key")
+            key_text = offered_text if offered_text is not None else expected
+            key, _ = self._check_key(introducer, key_text, "SERVER_WELCOME", (dialer.host, dialer.port))
+            if (expected is not None or envelope.sig) and not crypto.verify_payload(
+                key, payload, envelope.sig
+            ):
+                raise KeyRefused("INVALID_SIG", "SERVER_WELCOME signature does not verify")
+            known = self._remember(introducer, key, key_text, address, "SERVER_WELCOME", linked=True)
+            own_item = next(
+                (
+                    item
+                    for item in envelope_list(payload, "servers")
+                    if isinstance(item, dict) and item.get("server_id") == introducer
+                ),
+                {},
+            )
+            known.acks = _says_it_acks(own_item)
+        except KeyRefused as e:
+            self.counters["welcome.refused"] += 1
+            self._log.error("Refused SERVER_WELCOME from {url}: {detail}", url=dialer.url, detail=e.detail)
+            state.link.close(CLOSE_POLICY, e.detail[:120])
+            return
+        assigned = payload.get("assigned_id")
+        if wire.is_uuid(assigned) and assigned != self.server_id:
+            self._adopt_id(assigned, introducer)
+        elif assigned is not None and not wire.is_uuid(assigned):
+            self._log.warn("Ignored invalid assigned_id from introducer {server_id}", server_id=introducer)
+        state.joining = False
+        state.healthy = True
+        dialer.server_id = introducer
+        dialer.join = False
+        dialer.mark_healthy()
+        state.link.identity = introducer
+        existing = self._by_server.get(introducer)
+        if existing is not None and existing.link.outgoing:
+            # We already dialled the introducer by another address: keep that link, drop this one.
+            self._forget_introducer(dialer)
+            self._close_state(state, "duplicate link")
+            self._outgoing.remove(dialer)
+        else:
+            self._adopt_dialer(dialer, introducer)
+            self._link_up(state, introducer)
+        listed = 0
+        for server_id, host, port, key_text in entries:
+            if server_id in (introducer, self.server_id):
+                continue
+            try:
+                key, _ = self._check_key(
+                    server_id, key_text, f"SERVER_WELCOME from {introducer}", (host, port)
+                )
+                self._remember(server_id, key, key_text, (host, port), f"SERVER_WELCOME from {introducer}")
+            except KeyRefused:
+                self.counters["welcome.refused_entry"] += 1
+                continue
+            listed += 1
+            self._want_link(server_id)
+        self._log.info(
+            "Joined the mesh through {introducer} ({url}); {count} other servers listed",
+            introducer=introducer,
+            url=dialer.url,
+            count=listed,
+        )
+        self.broadcast(self._signer.frame("SERVER_ANNOUNCE", "*", self._address_payload()))
+
+    def _adopt_id(self, assigned: str, introducer: str) -> None:
+        old = self.server_id
+        self._log.warn(
+            "Introducer {introducer} assigned us the id {assigned} instead of {old}: using it until restart",
+            introducer=introducer,
+            assigned=assigned,
+            old=old,
+        )
+        self._signer.server_id = assigned
+        rename = getattr(self._presence, "rename_server", None)
+        if rename is not None:
+            rename(assigned)
+        else:
+            self._presence.server_id = assigned
+
+    def _forget_introducer(self, dialer: Any) -> None:
+        if dialer in self._introducers:
+            self._introducers.remove(dialer)
+
+    def _adopt_dialer(self, dialer: Any, server_id: str) -> None:
+        """An introducer's dialer now knows its server: it becomes that server's dialer."""
+        self._forget_introducer(dialer)
+        previous = self._dialers.get(server_id)
+        if previous is not None and previous is not dialer:
+            self._outgoing.remove(previous)
+        self._dialers[server_id] = dialer
