@@ -22,7 +22,7 @@ from socp_tw.test.client.test_e2e import ClientE2EBase
 from socp_tw.test.client.test_e2e import wait_until as poll_until
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled, wait_until
-from socp_tw.test.test_users_e2e import RawUser
+from socp_tw.test.services.users.test_users_e2e import RawUser
 
 ALICE_KEY, BOB_KEY = 6, 7
 

@@ -13,7 +13,7 @@ from socp_tw.content import file_end_preimage
 from socp_tw.services import users as users_module
 from socp_tw.test.file_frames import FakeTCP, end_payload
 from socp_tw.test.keys import vector_key
-from socp_tw.test.test_users import UserSideTestBase
+from socp_tw.test.services.users.test_users import UserSideTestBase
 
 # ================================================================== content.py
 

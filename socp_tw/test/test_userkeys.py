@@ -13,7 +13,7 @@ from socp_tw import crypto, wire
 from socp_tw.services.store import SQLiteStore, read_user_keys
 from socp_tw.services.userkeys import DIFFERS, FULL, NEW, SAME, UserKeys, key_digest
 from socp_tw.test.keys import test_key, vector_key
-from socp_tw.test.test_users import OTHER_SERVER, UserSideTestBase
+from socp_tw.test.services.users.test_users import OTHER_SERVER, UserSideTestBase
 from socp_tw.testing import MemoryStore
 
 ALICE_KEY = crypto.encode_public_key(vector_key("alice"))

@@ -8,7 +8,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from twisted.internet.defer import Deferred, succeed
 
-from socp_tw import __version__, crypto, keystore, wire
+from socp_tw import __version__, crypto, wire
+from socp_tw.auth.errors import CorruptKeystore, KeystoreError, LoginError, WrongPassword
+from socp_tw.auth.hello import hello_proof_preimage
+from socp_tw.auth.login import SrpClient
+from socp_tw.auth.scrypt import ScryptParams
+from socp_tw.auth.sealing import open_private_key, seal_private_key
+from socp_tw.auth.verifier import make_verifier
 from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import NotConnected, RequestFailed, ServerError, SessionCore
@@ -21,10 +27,10 @@ MIN_PASSWORD_CHARS = 8
 MAX_RELOGIN_FAILURES = 5
 
 
-def _seal(key: RSAPrivateKey, password: str, user_id: str, params: keystore.ScryptParams) -> tuple[str, str]:
+def _seal(key: RSAPrivateKey, password: str, user_id: str, params: ScryptParams) -> tuple[str, str]:
     return (
-        keystore.seal_private_key(key, password, params=params),
-        keystore.make_verifier(user_id, password, params=params),
+        seal_private_key(key, password, params=params),
+        make_verifier(user_id, password, params=params),
     )
 
 
@@ -127,7 +133,7 @@ class Authentication(SessionCore):
                 return
             try:
                 key, nonce, server_id = await self._srp_login(user_id, password)
-            except (ServerError, RequestFailed, keystore.KeystoreError, wire.FrameError) as e:
+            except (ServerError, RequestFailed, KeystoreError, wire.FrameError) as e:
                 self.show(f"[LOGIN FAILED] {printable(str(e))}")
                 return
             finally:
@@ -157,8 +163,8 @@ class Authentication(SessionCore):
 
     async def _srp_login(self, user_id: str, password: str) -> tuple[RSAPrivateKey, str, str]:
         try:
-            srp = await self._workers.run(keystore.SrpClient, user_id, password)
-        except keystore.LoginError as e:
+            srp = await self._workers.run(SrpClient, user_id, password)
+        except LoginError as e:
             raise RequestFailed(str(e)) from None
         challenge_d = self._expect("USER_LOGIN_CHALLENGE", "USER_LOGIN_START")
         self._send(
@@ -174,7 +180,7 @@ class Authentication(SessionCore):
         generation = self._generation
         try:
             m1 = await self._workers.run(srp.process_challenge, challenge.payload)
-        except keystore.LoginError as e:
+        except LoginError as e:
             raise RequestFailed(f"the server's challenge is invalid ({e})") from None
         self._same_link(generation)
         ok_d = self._expect("USER_LOGIN_OK", "USER_LOGIN_PROOF")
@@ -197,10 +203,10 @@ class Authentication(SessionCore):
         blob = wire.require_str(ok.payload, "privkey_store", max_len=64 * 1024)
         nonce = wire.require_str(ok.payload, "nonce", max_len=256)
         try:
-            key = await self._workers.run(keystore.open_private_key, blob, password)
-        except keystore.WrongPassword:
+            key = await self._workers.run(open_private_key, blob, password)
+        except WrongPassword:
             raise RequestFailed("your key store does not open with this password") from None
-        except keystore.CorruptKeystore as e:
+        except CorruptKeystore as e:
             raise RequestFailed(f"the server sent a corrupt key store ({e})") from None
         self._same_link(generation)
         return key, nonce, ok.from_
@@ -210,7 +216,7 @@ class Authentication(SessionCore):
     ) -> bool:
         try:
             await self._hello(user_id, key, nonce, server_id)
-        except (ServerError, RequestFailed, keystore.KeystoreError, wire.FrameError) as e:
+        except (ServerError, RequestFailed, KeystoreError, wire.FrameError) as e:
             self.show(f"[LOGIN FAILED] {printable(str(e))}")
             return False
         _log.info("Logged in as {user_id}", user_id=user_id)
@@ -238,7 +244,7 @@ class Authentication(SessionCore):
         pub = crypto.encode_public_key(key)
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": pub, "enc_pubkey": pub}
         if nonce is not None:
-            preimage = keystore.hello_proof_preimage(nonce, user_id, server_id or "")
+            preimage = hello_proof_preimage(nonce, user_id, server_id or "")
             payload["nonce"] = nonce
             generation = self._generation
             payload["proof"] = await self._workers.run(crypto.pss_sign, key, preimage)
@@ -312,7 +318,7 @@ class Authentication(SessionCore):
                     # saw us busy), log in on it now, else its connection_made will start us.
                     if self._generation == generation or self._sender is None or not self._want_online:
                         return
-        except (ServerError, RequestFailed, keystore.KeystoreError, wire.FrameError) as e:
+        except (ServerError, RequestFailed, KeystoreError, wire.FrameError) as e:
             self._relogin_failures += 1
             if not self._want_online:  # e.g. the server key changed: already reported
                 return

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.scrypt import DEFAULT_SCRYPT, ScryptParams
 from socp_tw.client.console import printable
 from socp_tw.client.files import STALL_TIMEOUT, FileTransfers
 from socp_tw.client.pins import PinStore
@@ -77,7 +78,7 @@ class SessionCore:
         workers: Any,
         clock: Any,
         password: str | None = None,
-        scrypt_params: keystore.ScryptParams = keystore.DEFAULT_SCRYPT,
+        scrypt_params: ScryptParams = DEFAULT_SCRYPT,
         key_factory: Callable[[], RSAPrivateKey] = crypto.generate_private_key,
         reply_timeout: float = REPLY_TIMEOUT,
         pubkey_timeout: float = PUBKEY_TIMEOUT,

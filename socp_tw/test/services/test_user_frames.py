@@ -10,7 +10,7 @@ from socp_tw import crypto, wire
 from socp_tw.interfaces import ILink, IUserFrames
 from socp_tw.services.presence import Presence
 from socp_tw.test.keys import vector_key
-from socp_tw.test.test_users import UserSideTestBase
+from socp_tw.test.services.users.test_users import UserSideTestBase
 from socp_tw.testing import FakeLink, FakeUserFrames
 
 

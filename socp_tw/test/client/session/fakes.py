@@ -2,7 +2,7 @@
 
 ClientSession against an in-memory server that speaks PROTOCOL §5 and EXTENSIONS.
 
-The fake server is deliberately small but real about crypto: SRP with keystore's
+The fake server is deliberately small but real about crypto: SRP with socp_tw.auth's
 SrpServer, hello proofs, transport signatures by test_key(0), content_sig checks,
 USER_DELIVER with the original ts.  Workers are synchronous and the clock is a
 task.Clock, so every test is deterministic and fast."""
@@ -18,7 +18,13 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.errors import LoginError
+from socp_tw.auth.hello import hello_proof_preimage, new_nonce
+from socp_tw.auth.login import SrpServer
+from socp_tw.auth.scrypt import TEST_SCRYPT
+from socp_tw.auth.sealing import parse_keystore, seal_private_key
+from socp_tw.auth.verifier import make_verifier, parse_verifier
 from socp_tw.client.pins import PinStore
 from socp_tw.client.session import (
     ClientSession,
@@ -71,7 +77,7 @@ class FakeLink:
         self.closed: tuple[int, str | None] | None = None
         self.user_id: str | None = None
         self.nonce: str | None = None
-        self.srp: tuple[str, keystore.SrpServer] | None = None
+        self.srp: tuple[str, SrpServer] | None = None
 
     def send(self, data: bytes) -> None:
         assert isinstance(data, bytes)
@@ -127,8 +133,8 @@ class FakeServer:
     def add_account(self, user_id: str, key, password: str = PASSWORD) -> None:
         self.accounts[user_id] = {
             "pubkey": crypto.encode_public_key(key),
-            "privkey_store": keystore.seal_private_key(key, password, params=keystore.TEST_SCRYPT),
-            "pake_password": keystore.make_verifier(user_id, password, params=keystore.TEST_SCRYPT),
+            "privkey_store": seal_private_key(key, password, params=TEST_SCRYPT),
+            "pake_password": make_verifier(user_id, password, params=TEST_SCRYPT),
         }
 
     # frames
@@ -142,8 +148,8 @@ class FakeServer:
         p = env.payload
         if not crypto.verify_payload(crypto.load_public_key(p["pubkey"]), p, env.sig):
             return self.error(link, "INVALID_SIG", "bad register sig", "USER_REGISTER")
-        keystore.parse_keystore(p["privkey_store"])
-        keystore.parse_verifier(p["pake_password"])
+        parse_keystore(p["privkey_store"])
+        parse_verifier(p["pake_password"])
         if p["user_id"] in self.accounts:
             return self.error(link, "NAME_IN_USE", "taken", "USER_REGISTER")
         self.accounts[p["user_id"]] = {k: p[k] for k in ("pubkey", "privkey_store", "pake_password")}
@@ -154,7 +160,7 @@ class FakeServer:
         account = self.accounts.get(user_id)
         if account is None:
             return self.error(link, "USER_NOT_FOUND", f"no user {user_id}", "USER_LOGIN_START")
-        srp = keystore.SrpServer(account["pake_password"])
+        srp = SrpServer(account["pake_password"])
         challenge = srp.challenge(env.payload["A"])
         link.srp = (user_id, srp)
         self.push(link, "USER_LOGIN_CHALLENGE", {"user_id": user_id, **challenge})
@@ -164,9 +170,9 @@ class FakeServer:
         link.srp = None
         try:
             m2 = srp.verify(env.payload["M1"])
-        except keystore.LoginError:
+        except LoginError:
             return self.error(link, "LOGIN_FAILED", "bad password proof", "USER_LOGIN_PROOF")
-        link.nonce = keystore.new_nonce()
+        link.nonce = new_nonce()
         payload = {
             "user_id": user_id,
             "M2": m2,
@@ -178,7 +184,7 @@ class FakeServer:
         self.push(link, "USER_LOGIN_OK", payload)
 
     def on_USER_HELLO_CHALLENGE(self, link: FakeLink, env: wire.Envelope) -> None:
-        link.nonce = keystore.new_nonce()
+        link.nonce = new_nonce()
         self.push(link, "USER_HELLO_NONCE", {"nonce": link.nonce, "server_id": self.server_id})
 
     def on_USER_HELLO(self, link: FakeLink, env: wire.Envelope) -> None:
@@ -187,7 +193,7 @@ class FakeServer:
         account = self.accounts.get(user_id)
         if account is not None:
             key = crypto.load_public_key(account["pubkey"])
-            preimage = keystore.hello_proof_preimage(p.get("nonce", ""), user_id, self.server_id)
+            preimage = hello_proof_preimage(p.get("nonce", ""), user_id, self.server_id)
             if p.get("nonce") != nonce or not crypto.pss_verify(key, preimage, p.get("proof", "")):
                 return self.error(link, "AUTH_FAILED", "bad proof", "USER_HELLO")
         if user_id in self.online:
@@ -257,7 +263,7 @@ class SessionTestBase(SynchronousTestCase):
             URL,
             workers=SynchronousWorkers(),
             clock=self.clock,
-            scrypt_params=keystore.TEST_SCRYPT,
+            scrypt_params=TEST_SCRYPT,
             key_factory=lambda: test_key(key_index),
             **kw,
         )

@@ -7,7 +7,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from socp_tw import crypto, keystore, wire
+from socp_tw import crypto, wire
+from socp_tw.auth.scrypt import TEST_SCRYPT
+from socp_tw.auth.sealing import open_private_key, seal_private_key
 from socp_tw.client.pins import PinStore
 from socp_tw.client.session import (
     MAX_RELOGIN_FAILURES,
@@ -35,7 +37,7 @@ class RegisterTests(SessionTestBase):
         # The register frame is signed by the new key (proof of possession) and carries no clear key.
         self.assertTrue(crypto.verify_payload(test_key(1), register["payload"], register["sig"]))
         self.assertNotIn("PRIVATE", json.dumps(register))
-        opened = keystore.open_private_key(register["payload"]["privkey_store"], PASSWORD)
+        opened = open_private_key(register["payload"]["privkey_store"], PASSWORD)
         self.assertEqual(crypto.encode_public_key(opened), crypto.encode_public_key(test_key(1)))
         self.assertTrue(session.logged_in)
         self.assertEqual(session.pins.server(URL), (self.server.server_id, self.server.pub))
@@ -157,7 +159,7 @@ class LoginTests(SessionTestBase):
         """The SRP verifier matches but the blob doesn't open: said clearly, no crash."""
         user_id = wire.new_uuid4()
         self.server.add_account(user_id, test_key(1))
-        other = keystore.seal_private_key(test_key(1), "another password", params=keystore.TEST_SCRYPT)
+        other = seal_private_key(test_key(1), "another password", params=TEST_SCRYPT)
         self.server.tamper_login_ok = lambda payload: payload.update(privkey_store=other)
         session, ui = self.make_session(FakeUI([PASSWORD]))
         self.server.connect(session)
