@@ -286,6 +286,31 @@ class IUserKeys(Interface):
         Returns ``"new"``, ``"same"``, ``"differs"`` or ``"full"`` (new, but no room)."""
 
 
+class IHeldMessages(Interface):
+    """Store-and-forward of DMs (socp_tw/services/holding/, docs/MESH.md)."""
+
+    def can_hold(recipient):
+        """True if a DM to ``recipient`` may be held (some server has seen the id)."""
+
+    def hold(sender, recipient, ts, fields, sender_pub, reason):
+        """Hold a DM; fire once it is written and its sender told ``queued``, or fail with
+        ``QueueFull`` (its ``detail`` names the bound)."""
+
+    def handed_over(ref):
+        """The server a held DM was sent to confirmed it: forget it."""
+
+    def not_handed_over(ref):
+        """A held DM sent to a server was not confirmed: keep it for a later try."""
+
+    def claim_delivered(ref):
+        """Fire True the first time a held DM with ``ref`` is delivered here, else False."""
+
+    track = Attribute(
+        "``track(dm, server_id)``, set by the router: follow a held DM sent to a server until that"
+        " server confirms it (then ``handed_over``) or not (``not_handed_over``)."
+    )
+
+
 class IStore(Interface):
     """The server's database (PROTOCOL.md §3).  Every method returns a Deferred.
 

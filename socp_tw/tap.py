@@ -28,6 +28,7 @@ from socp_tw.memory import MemoryTrimmer
 from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import FileRelay
+from socp_tw.services.holding import HeldMessages, SQLHeldQueue, read_held_summary
 from socp_tw.services.hub import Hub
 from socp_tw.services.mesh import Mesh, PinStoreError
 from socp_tw.services.presence import Presence
@@ -93,6 +94,7 @@ class Options(usage.Options):
             f"{TRIM_INTERVAL:g}",
             "Seconds between checks that return memory freed after a burst to the OS (glibc; 0: never).",
         ],
+        ["hold-days", None, "7", "Days a DM for an offline or unreachable user is held before it expires."],
     ]
     optFlags = [
         ["pin-only", None, "A peer with a --peer-pin is verified by its pin alone (self-signed certs)."],
@@ -147,6 +149,12 @@ class Options(usage.Options):
         self._post_file_options()
         self._post_security_options()
         self._seconds("memory-trim-interval", 0, 86400, low_means="off")
+        try:
+            self["hold-days"] = float(self["hold-days"])
+        except ValueError:
+            raise usage.UsageError("--hold-days must be a number of days") from None
+        if not 0.001 <= self["hold-days"] <= 365:
+            raise usage.UsageError("--hold-days must be between 0.001 and 365 days")
         self._post_pidfile()
 
     def _seconds(self, name: str, low: float, high: float, low_means: str = "") -> float:
@@ -308,6 +316,17 @@ def makeService(config: Options, reactor=None) -> MultiService:
             user_keys=user_keys,
         )
     mesh.setServiceParent(top)
+    holding = HeldMessages(
+        presence,
+        mesh,
+        signer,
+        user_keys,
+        reactor,
+        SQLHeldQueue(store.run_interaction),
+        summary=read_held_summary(store.path),
+        hold_for=config["hold-days"] * 86400,
+    )
+    holding.setServiceParent(top)
     router = Router(
         presence,
         signer,
@@ -318,6 +337,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         clock=reactor,
         delivery_timeout=limits.delivery_timeout,
         max_pending_deliveries=limits.max_pending_deliveries,
+        holding=holding,
     )
     router.setServiceParent(top)
     users = UserSide(

@@ -13,8 +13,9 @@ until one of three things happens:
   heard from since it was sent (checked again once more after another ``timeout``), else it is
   reported too.
 
-Either way the sending user hears of a failure exactly once, through ``on_failure(sender,
-recipient, ts, code, detail)``; the next issue's store-and-forward plugs in there.  A DM's
+Either way the sending user hears of a failure exactly once, through ``on_failure(pending,
+code, detail)``, where the router holds the DM instead when it can (services/holding/);
+``on_confirmed(pending)`` hears of each delivery.  A DM's
 reference between servers is derived from its ``content_sig``, so the wire carries nothing new
 on ``SERVER_DELIVER``.
 """
@@ -56,6 +57,9 @@ class PendingDelivery:
     sent_at: float
     deadline: float
     second_look: bool = False  # a non-confirming peer, checked once more
+    fields: dict[str, Any] | None = None  # ciphertext and content_sig: to hold it if it fails
+    sender_pub: str | None = None
+    held: bool = False  # a held DM being handed over (services/holding/)
 
 
 class DeliveryTracker:
@@ -69,8 +73,9 @@ class DeliveryTracker:
         signer: ISigner,
         presence: IPresence,
         clock: IReactorTime,
-        on_failure: Callable[[str, str, int, str, str], None],
+        on_failure: Callable[[PendingDelivery, str, str], None],
         *,
+        on_confirmed: Callable[[PendingDelivery], None] | None = None,
         timeout: float = 10.0,
         max_pending: int = 100_000,
         ack_window: float = 0.1,
@@ -80,6 +85,7 @@ class DeliveryTracker:
         self._presence = presence
         self._clock = clock
         self._on_failure = on_failure
+        self._on_confirmed = on_confirmed
         self.timeout = timeout
         self.max_pending = max_pending
         self.ack_window = ack_window
@@ -105,14 +111,27 @@ class DeliveryTracker:
 
     # -- the origin side --------------------------------------------------------------------------
 
-    def sent(self, ref: str, sender: str, recipient: str, ts: int, server_id: str) -> None:
+    def sent(
+        self,
+        ref: str,
+        sender: str,
+        recipient: str,
+        ts: int,
+        server_id: str,
+        *,
+        fields: dict[str, Any] | None = None,
+        sender_pub: str | None = None,
+        held: bool = False,
+    ) -> None:
         """A DM left for ``server_id``: wait for its confirmation."""
         if len(self._pending) >= self.max_pending:
             oldest = next(iter(self._pending.values()))
             self._fail(oldest, "TIMEOUT", "too many DMs awaiting confirmation on this server")
         now = self._clock.seconds()
         self._pending.pop(ref, None)
-        self._pending[ref] = PendingDelivery(ref, sender, recipient, ts, server_id, now, now + self.timeout)
+        self._pending[ref] = PendingDelivery(
+            ref, sender, recipient, ts, server_id, now, now + self.timeout, False, fields, sender_pub, held
+        )
         self.counters["sent"] += 1
         self._arm()
 
@@ -133,6 +152,7 @@ class DeliveryTracker:
                 continue
             del self._pending[ref]
             self.counters["confirmed"] += 1
+            self._confirmed(pending)
 
     def refused(self, origin: str, sender: str, recipient: str, ref: Any) -> PendingDelivery | None:
         """A server reported a DM failed: forget it and return it, or None if it was not pending
@@ -186,6 +206,7 @@ class DeliveryTracker:
             )
         elif self._peers.heard_since(server_id, pending.sent_at):
             self.counters["assumed_delivered"] += 1  # alive, of an implementation that never confirms
+            self._confirmed(pending)
         elif not pending.second_look:
             pending.second_look = True
             pending.deadline += self.timeout
@@ -201,9 +222,17 @@ class DeliveryTracker:
         self._pending.pop(pending.ref, None)
         self.counters["failed." + code] += 1
         try:
-            self._on_failure(pending.sender, pending.recipient, pending.ts, code, detail)
+            self._on_failure(pending, code, detail)
         except Exception:
             self._log.failure("Reporting a failed DM to {user} failed", user=pending.sender)
+
+    def _confirmed(self, pending: PendingDelivery) -> None:
+        if self._on_confirmed is None:
+            return
+        try:
+            self._on_confirmed(pending)
+        except Exception:
+            self._log.failure("Recording a delivered DM to {user} failed", user=pending.recipient)
 
     # -- the hosting side -------------------------------------------------------------------------
 

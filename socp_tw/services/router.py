@@ -20,6 +20,7 @@ from zope.interface import implementer
 from socp_tw import crypto, wire
 from socp_tw.content import ContentError, extract_fields, verify_user_content
 from socp_tw.interfaces import (
+    IHeldMessages,
     ILink,
     IPeerLinks,
     IPresence,
@@ -32,6 +33,7 @@ from socp_tw.interfaces import (
 from socp_tw.limits import DEFAULT_LIMITS, check_ts_window
 from socp_tw.logs import get_logger
 from socp_tw.services.delivery import DeliveryTracker, delivery_ref
+from socp_tw.services.outcomes import MAX_HELD_AGE_MS, DeliveryOutcomes
 from socp_tw.services.userkeys import DIFFERS
 
 
@@ -71,7 +73,7 @@ class PreparedDelivery:
 
 
 @implementer(IRouter)
-class Router(Service):
+class Router(DeliveryOutcomes, Service):
     """Route user content between local links and the mesh."""
 
     name = "router"
@@ -89,28 +91,34 @@ class Router(Service):
         clock: IReactorTime | None = None,
         delivery_timeout: float = DEFAULT_LIMITS.delivery_timeout,
         max_pending_deliveries: int = DEFAULT_LIMITS.max_pending_deliveries,
+        holding: IHeldMessages | None = None,
     ) -> None:
         """``ts_window`` (seconds): refuse a SERVER_DELIVER whose ``ts`` (the sender's) is further
         than that from ``now_ms()`` with ``ERROR BAD_TS`` to its origin — with the mesh's
         ``seen_ids`` this makes a replayed delivery fail (docs/SECURITY.md); None: no check.
         ``user_keys``: the server-side key pins a delivered frame's ``sender_pub`` must match.
         ``delivery_timeout``: seconds a DM sent to another server waits for its confirmation
-        before its sender is told it failed (services/delivery.py)."""
+        before its sender is told it failed (services/delivery.py).  ``holding``: where DMs that
+        cannot reach their recipient now are held instead (services/holding/)."""
         if clock is None:
             from twisted.internet import reactor as clock
         self._presence = IPresence(presence)
         self._signer = ISigner(signer)
         self._peers = IPeerLinks(peers)
         self._user_keys = IUserKeys(user_keys) if user_keys is not None else None
+        self._holding = IHeldMessages(holding) if holding is not None else None
         self.deliveries = DeliveryTracker(
             self._peers,
             self._signer,
             self._presence,
             clock,
             self._dm_failed,
+            on_confirmed=self._dm_confirmed,
             timeout=delivery_timeout,
             max_pending=max_pending_deliveries,
         )
+        if self._holding is not None:
+            self._holding.track = self._track_held
         self._ts_window_ms = None if ts_window is None else round(ts_window * 1000)
         self._now_ms = now_ms
         self.counters: dict[str, int] = {}
@@ -142,6 +150,9 @@ class Router(Service):
         entry = self._presence.lookup(recipient)
         if entry is None:
             self._check(verified, None)
+            if self._can_hold(kind, recipient):
+                self._hold(sender, recipient, ts, fields, sender_pub, "offline")
+                return "held"
             self._count("not_found")
             raise UserNotFound(recipient)
         if entry.local:
@@ -154,11 +165,17 @@ class Router(Service):
         self._check(verified, frame)
         if not self._peers.send_to_server(entry.server_id, frame):
             frame.addErrback(_discard)
+            if self._can_hold(kind, recipient):
+                self._hold(sender, recipient, ts, fields, sender_pub, "unreachable")
+                return "held"
             self._count("no_route")
             raise UserNotFound(f"{recipient} (no route to its server {entry.server_id})")
         self._count("to_server")
         if kind == "MSG_DIRECT":
-            self.deliveries.sent(delivery_ref(fields["content_sig"]), sender, recipient, ts, entry.server_id)
+            ref = delivery_ref(fields["content_sig"])
+            self.deliveries.sent(
+                ref, sender, recipient, ts, entry.server_id, fields=fields, sender_pub=sender_pub
+            )
         return entry.server_id
 
     def _deliver_local(
@@ -199,6 +216,21 @@ class Router(Service):
         self._count("unverified")
         raise Unverified("the content signature does not verify")
 
+    def _content_problem(
+        self, kind: str, fields: dict, sender: str, recipient: str, ts: int, sender_pub: str
+    ) -> str | None:
+        """Why relayed content must not reach a local user (sender key, content_sig), or None."""
+        try:
+            known = self._presence.lookup(sender)
+            if known is not None and known.pubkey != sender_pub and not _same_key(known.pubkey, sender_pub):
+                raise ContentError(f"sender_pub of {sender} differs from the key its server advertised")
+            if self._user_keys is not None and self._user_keys.check(sender, sender_pub) == DIFFERS:
+                raise ContentError(f"sender_pub of {sender} differs from the key pinned for it")
+            verify_user_content(kind, fields, sender, recipient, ts, sender_pub)
+        except (ContentError, crypto.BadKey) as error:
+            return error.detail
+        return None
+
     def _delivery(self, envelope: wire.Envelope) -> tuple[str, str, str, str, dict[str, Any]]:
         """(kind, recipient, sender, sender_pub, fields) of a SERVER_DELIVER; a precise
         :class:`wire.FrameError` for one that cannot be delivered as it is."""
@@ -212,7 +244,12 @@ class Router(Service):
         sender = wire.require_uuid(payload, "sender")
         sender_pub = wire.require_str(payload, "sender_pub", max_len=4096)
         fields = extract_fields(kind, payload)
-        if self._ts_window_ms is not None:
+        if payload.get("held") is True and kind == "MSG_DIRECT":
+            # A held DM keeps its sender's ts, however old: bounded by the retention instead, and
+            # delivered once per reference (services/outcomes.py).
+            if self._now_ms() - envelope.ts > MAX_HELD_AGE_MS:
+                raise wire.BadTimestamp("a held DM older than the retention period", "ts")
+        elif self._ts_window_ms is not None:
             check_ts_window(envelope.ts, self._now_ms(), self._ts_window_ms)
         return kind, recipient, sender, sender_pub, fields
 
@@ -224,7 +261,7 @@ class Router(Service):
         :meth:`deliver_from_server`, which the mesh calls only if the signature verifies, and
         only after the content check.  None (nothing started) for anything else: a frame that
         is not well formed, a recipient who is not ours, an origin that sent a forgery."""
-        if envelope.from_ in self._checked_first:
+        if envelope.from_ in self._checked_first or envelope.payload.get("held") is True:
             return None
         try:
             delivery = self._delivery(envelope)
@@ -260,27 +297,17 @@ class Router(Service):
             return
         kind, recipient, sender, sender_pub, fields = delivery
         entry = self._presence.lookup(recipient)
+        if entry is not None and entry.local and envelope.payload.get("held") is True:
+            self._held_delivery(envelope, delivery, entry.link)
+            return
         if entry is not None and entry.local:
-            refused: list[ContentError | crypto.BadKey] = []
+            refused: list[str] = []
 
             def content_ok() -> bool:
-                try:
-                    known = self._presence.lookup(sender)
-                    if (
-                        known is not None
-                        and known.pubkey != sender_pub
-                        and not _same_key(known.pubkey, sender_pub)
-                    ):
-                        raise ContentError(
-                            f"sender_pub of {sender} differs from the key its server advertised"
-                        )
-                    if self._user_keys is not None and self._user_keys.check(sender, sender_pub) == DIFFERS:
-                        raise ContentError(f"sender_pub of {sender} differs from the key pinned for it")
-                    verify_user_content(kind, fields, sender, recipient, envelope.ts, sender_pub)
-                except (ContentError, crypto.BadKey) as error:
-                    refused.append(error)
-                    return False
-                return True
+                problem = self._content_problem(kind, fields, sender, recipient, envelope.ts, sender_pub)
+                if problem is not None:
+                    refused.append(problem)
+                return problem is None
 
             # Sign while checking (see ``route``), unless this origin already sent a frame that
             # failed the check: then one wasted signature per origin server at most.  The
@@ -311,9 +338,9 @@ class Router(Service):
                 "Refused {kind} from server {origin}: {detail}",
                 kind=kind,
                 origin=origin,
-                detail=refused[0].detail,
+                detail=refused[0],
             )
-            self._error_to_server(origin, "INVALID_SIG", refused[0].detail, payload)
+            self._error_to_server(origin, "INVALID_SIG", refused[0], payload)
             return
         # A prepared signature not taken above is the mesh's to discard (IPeerLinks.on_frame).
         if entry is not None and entry.server_id != origin:
@@ -325,80 +352,6 @@ class Router(Service):
                 return
         self._count("not_found")
         self._error_to_server(origin, "USER_NOT_FOUND", f"no server hosts user {recipient}", payload)
-
-    def _error_to_server(self, server_id: str, code: str, detail: str, payload: dict[str, Any]) -> None:
-        """Tell the origin server a delivery failed, naming recipient and sender for its user."""
-        error = wire.error_payload(code, detail)
-        error["msg_ref"] = "SERVER_DELIVER"
-        for name in ("user_id", "sender"):
-            if isinstance(payload.get(name), str):
-                error[name] = payload[name]
-        if isinstance(payload.get("type"), str):
-            error["kind"] = payload["type"]
-        elif isinstance(payload.get("content_sig"), str):
-            error["ref"] = delivery_ref(payload["content_sig"])
-        frame = self._signer.frame("ERROR", server_id, error)
-        if not self._peers.send_to_server(server_id, frame):
-            frame.addErrback(_discard)
-
-    def error_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
-        """A peer reports a failed delivery: pass it on to our sending user.  Never answered."""
-        self._count("errors_from_servers")
-        payload = envelope.payload
-        sender = payload.get("sender")
-        if payload.get("msg_ref") != "SERVER_DELIVER" or not isinstance(sender, str):
-            self._log.info(
-                "ERROR from server {server}: {code} {detail}",
-                server=envelope.from_,
-                code=payload.get("code"),
-                detail=payload.get("detail"),
-            )
-            return
-        code = payload.get("code") if isinstance(payload.get("code"), str) else "DELIVERY_FAILED"
-        detail = payload.get("detail") if isinstance(payload.get("detail"), str) else ""
-        recipient = payload.get("user_id")
-        kind = payload.get("kind", "MSG_DIRECT")
-        ts = None
-        if kind == "MSG_DIRECT":
-            # A DM is reported once: only while it is still pending (not confirmed, not timed out).
-            pending = self.deliveries.refused(envelope.from_, sender, recipient, payload.get("ref"))
-            if pending is None:
-                self._count("late_errors")
-                return
-            ts = pending.ts
-        self._tell_sender(sender, recipient, ts, code, f"delivery to {recipient} failed: {detail}", kind)
-
-    def ack_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
-        """``ACK`` from a peer: a confirmation of delivered DMs (others are ignored).  Never answered."""
-        self.deliveries.ack_received(envelope)
-
-    def _dm_failed(self, sender: str, recipient: str, ts: int, code: str, detail: str) -> None:
-        self._log.info(
-            "DM from {sender} to {recipient} failed: {code} {detail}",
-            sender=sender,
-            recipient=recipient,
-            code=code,
-            detail=detail,
-        )
-        self._tell_sender(sender, recipient, ts, code, detail, "MSG_DIRECT")
-
-    def _tell_sender(
-        self, sender: str, recipient: Any, ts: int | None, code: str, detail: str, kind: Any
-    ) -> None:
-        """``ERROR {code, detail, msg_ref: <kind>, user_id: <recipient>, ts: <original ts>}`` to a
-        local sender, so its client can say which message failed."""
-        link = self._presence.local_link(sender)
-        if link is None:
-            self._count("failure_unreported")  # the sender left meanwhile
-            return
-        notice = wire.error_payload(code, detail)
-        notice["msg_ref"] = kind if isinstance(kind, str) else "MSG_DIRECT"
-        if isinstance(recipient, str):
-            notice["user_id"] = recipient
-        if ts is not None:
-            notice["ts"] = ts
-        self._count("failure_reported")
-        link.send(self._signer.frame("ERROR", sender, notice))
 
 
 def _same_key(a: str, b: str) -> bool:

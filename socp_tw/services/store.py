@@ -422,6 +422,11 @@ class SQLiteStore(Service):
             self._pool.close()
             self._pool = None
 
+    def run_interaction(self, interaction: Callable[..., Any], *args: Any) -> Deferred:
+        """Run ``interaction(txn, *args)`` on the store's one database thread, in one transaction:
+        for a service that keeps its own tables in this database (services/holding/)."""
+        return self._run(interaction, *args)
+
     def _run(self, interaction, *args) -> Deferred:
         if self._pool is None:
             return fail(StoreError("the store is not running"))

@@ -119,7 +119,18 @@ class MakeServiceTests(SynchronousTestCase):
         top = makeService(parse("--bind", "ws://127.0.0.1:0", "--data-dir", data))
         IServiceCollection(top)
         names = [s.name for s in top]
-        expected = ["workers", "store", "userkeys", "hub", "presence", "mesh", "router", "users", "files"]
+        expected = [
+            "workers",
+            "store",
+            "userkeys",
+            "hub",
+            "presence",
+            "mesh",
+            "holding",
+            "router",
+            "users",
+            "files",
+        ]
         expected.append("listener")
         self.assertEqual(names, [*expected, "status", "memory-trim", "outgoing", "public"])
 

@@ -256,6 +256,10 @@ class SessionCore:
         return None
 
     def _on_reply(self, envelope: wire.Envelope) -> None:
+        if envelope.type == "ACK" and envelope.payload.get("msg_ref") == "MSG_DIRECT":
+            if self._signed_by_server(envelope) is not False:
+                self._dm_status(envelope.payload)
+            return
         waiter = self._find_waiter(envelope)
         hello_ack = envelope.type == "ACK" and envelope.payload.get("msg_ref") == "USER_HELLO"
         # The hello ACK names the server key itself; _accept_server_key checks it against the pin.

@@ -10,7 +10,7 @@ import time
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from twisted.internet.defer import Deferred, DeferredList
 
-from socp_tw import crypto
+from socp_tw import crypto, wire
 from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import RequestFailed, ServerError, SessionCore, signed_frame
@@ -135,6 +135,37 @@ class DirectMessages(SessionCore):
         self._count("dm_sent")
         suffix = f" ({len(plaintexts)} parts)" if len(plaintexts) > 1 else ""
         self.show(f"DM to {user_id}{suffix}: {printable(text)}")
+
+    def _dm_status(self, payload: dict) -> None:
+        """``ACK {msg_ref: MSG_DIRECT, user_id, ts, status}``: the server holds a DM of ours for a
+        user who is offline or unreachable ("queued"), or handed a held one over ("delivered")."""
+        recipient, status = payload.get("user_id"), payload.get("status")
+        if not isinstance(recipient, str) or not wire.is_uuid(recipient):
+            return
+        recipient = recipient.lower()
+        who = printable(recipient)
+        message = self.sent_dms.find(recipient, payload.get("ts"))
+        if status == "queued":
+            if message is not None and message.queued:
+                return  # another part of the same message
+            if message is not None:
+                message.queued = True
+            if payload.get("reason") == "unreachable":
+                self.show(
+                    f"DM to {who} queued: the server of {who} cannot be reached now;"
+                    " it will be delivered when it is back"
+                )
+            else:
+                self.show(f"DM to {who} queued: {who} is offline; it will be delivered when they come online")
+        elif status == "delivered":
+            if message is not None and message.handed_over:
+                return
+            what = f"DM to {who}"
+            if message is not None:
+                message.handed_over = True
+                sent = time.strftime("%H:%M:%S", time.localtime(message.sent_at))
+                what += f' ("{message.preview}", sent {sent})'
+            self.show(f"[DELIVERED] queued {what} was handed over")
 
     def _dm_failed(self, recipient: str, ts: object, code: str, detail: str) -> None:
         """The server could not deliver a DM of ours: say which one, once per message."""

@@ -3,6 +3,7 @@ arrival order, and the reassembly of multi-part messages."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class _Partial:
     parts: dict[int, str] = field(default_factory=dict)
     timer: IDelayedCall | None = None
     public: bool = False  # a public-channel message (/all), not a DM
+    held_ts: int | None = None  # a DM the server held while we were offline: its sending ts
 
 
 class Inbox(SessionCore):
@@ -110,13 +112,14 @@ class Inbox(SessionCore):
         if public:
             self._public_seen.append((sender, content_sig))
         key = self._key
+        held_ts = envelope.ts if payload.get("held") is True and not public else None
 
         def decrypt(_: object) -> Deferred:
             done = self._workers.run(crypto.oaep_decrypt, key, ciphertext)
             done.addCallbacks(
                 self._decrypted,
                 self._undecryptable,
-                callbackArgs=(sender, public),
+                callbackArgs=(sender, public, held_ts),
                 errbackArgs=(sender, public),
             )
             return done.addErrback(self._internal_error)
@@ -134,25 +137,38 @@ class Inbox(SessionCore):
         what = "public message" if public else "DM"
         self.show(f"[WARNING] rejected {what} claiming to be from {sender}: {reason}")
 
-    def _show_message(self, sender: str, text: str, public: bool) -> None:
+    def _show_message(self, sender: str, text: str, public: bool, held_ts: int | None = None) -> None:
         if public:
             self._count("public_received")
             self.show(f"[public] {sender}: {printable(text)}")
-        else:
-            self._count("dm_received")
-            self.show(f"DM from {sender}: {printable(text)}")
+            return
+        self._count("dm_received")
+        # A DM held for us while we were offline says when it was sent (its ts, signed by its sender).
+        sent = (
+            "" if held_ts is None else time.strftime("[sent %Y-%m-%d %H:%M] ", time.localtime(held_ts / 1000))
+        )
+        self.show(f"{sent}DM from {sender}: {printable(text)}")
 
-    def _decrypted(self, plaintext: bytes, sender: str, public: bool = False) -> None:
+    def _decrypted(
+        self, plaintext: bytes, sender: str, public: bool = False, held_ts: int | None = None
+    ) -> None:
         text = plaintext.decode("utf-8", "replace")
         match = PART_RE.match(text)
         if match is None:
-            self._show_message(sender, text, public)
+            self._show_message(sender, text, public, held_ts)
             return
         index, count, msg_id = int(match.group(1)), int(match.group(2)), match.group(3)
-        self._add_part(sender, msg_id, index, count, text[match.end() :], public)
+        self._add_part(sender, msg_id, index, count, text[match.end() :], public, held_ts)
 
     def _add_part(
-        self, sender: str, msg_id: str, index: int, count: int, piece: str, public: bool = False
+        self,
+        sender: str,
+        msg_id: str,
+        index: int,
+        count: int,
+        piece: str,
+        public: bool = False,
+        held_ts: int | None = None,
     ) -> None:
         slot = (sender, f"public:{msg_id}" if public else msg_id)  # /all and DM parts never mix
         what = "public message" if public else "DM"
@@ -164,7 +180,7 @@ class Inbox(SessionCore):
         partial = self._partials.get(slot)
         if partial is None:
             self._make_room(sender)
-            partial = _Partial(sender, msg_id, count, public=public)
+            partial = _Partial(sender, msg_id, count, public=public, held_ts=held_ts)
             partial.timer = self._clock.callLater(self._reassembly_timeout, self._partial_expired, slot)
             self._partials[slot] = partial
         elif partial.count != count:
@@ -180,7 +196,7 @@ class Inbox(SessionCore):
             partial.timer.cancel()
         self._completed.append(slot)
         text = "".join(partial.parts[i] for i in range(1, count + 1))
-        self._show_message(sender, text, public)
+        self._show_message(sender, text, public, partial.held_ts)
 
     def _make_room(self, sender: str) -> None:
         mine = [slot for slot in self._partials if slot[0] == sender]

@@ -22,6 +22,8 @@ class SentDM:
     sent_at: float  # clock seconds
     parts: list[int] = field(default_factory=list)  # the ts of each MSG_DIRECT
     reported: bool = False  # its [FAILED] line was shown (once per message, not per part)
+    queued: bool = False  # its "queued" line was shown
+    handed_over: bool = False  # its [DELIVERED] line was shown
 
 
 class SentDMs:

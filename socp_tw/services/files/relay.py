@@ -323,7 +323,10 @@ class FileRelay(Service):
             if transfer is not None:
                 self._transfers.forget(transfer)
             self.counters["recipient_gone"] += 1
-            raise _UserNotFound(f"user {recipient} is not online; the transfer was dropped") from None
+            raise _UserNotFound(
+                f"user {recipient} is not online; files are not held for offline users, the transfer"
+                " was dropped"
+            ) from None
         self.counters["routed." + kind] += 1
 
     def _expired(self, transfer: Transfer) -> None:

@@ -84,14 +84,33 @@ class _AuthenticatedFrames:
         users = self._presence.online_users()
         self._send(link, "LIST_RESPONSE", user_id, {"online_users": users, "users": list(users)})
 
-    def _pubkey_request(self, link: ILink, user_id: str, envelope: wire.Envelope) -> None:
-        wanted = wire.require_uuid(envelope.payload, "user_id")
-        entry = self._presence.lookup(wanted)
-        if entry is None:
+    def _offline_pubkey(self, row: dict | None, link: ILink, user_id: str, wanted: str) -> None:
+        if row is None:  # pinned in memory a moment ago, not written yet
             self.send_error(
                 link, "USER_NOT_FOUND", f"user {wanted} is not online", ref="PUBKEY_REQUEST", user_id=wanted
             )
             return
+        home = row.get("home_server") or self._signer.server_id
+        payload = {"user_id": row["user_id"], "pubkey": row["pubkey"], "server_id": home, "online": False}
+        self._send(link, "PUBKEY_RESPONSE", user_id, payload)
+
+    def _pubkey_request(self, link: ILink, user_id: str, envelope: wire.Envelope) -> Deferred | None:
+        wanted = wire.require_uuid(envelope.payload, "user_id")
+        entry = self._presence.lookup(wanted)
+        if entry is None:
+            if self._user_keys.lookup(wanted) is None:
+                self.send_error(
+                    link,
+                    "USER_NOT_FOUND",
+                    f"no server has seen user {wanted}",
+                    ref="PUBKEY_REQUEST",
+                    user_id=wanted,
+                )
+                return None
+            # Known but offline: its pinned key, so a DM can be encrypted to it and held.
+            d = self._store.get_user(wanted)
+            d.addCallback(self._offline_pubkey, link, user_id, wanted)
+            return d
         self._send(
             link,
             "PUBKEY_RESPONSE",

@@ -219,8 +219,9 @@ class SingleServerTests(ClientE2EBase):
         self.assertIsNone(bob_ui.find("forged text"))
 
     @inlineCallbacks
-    def test_undeliverable_dm_is_named(self):
-        """The server cannot deliver a DM (the recipient left): the sender is told which DM failed."""
+    def test_dm_for_an_offline_user_is_held_and_delivered_at_next_login(self):
+        """Bob quits; Alice's DM is queued; Bob logs in again and gets it, marked with when it was
+        sent; Alice hears it was handed over.  Over a bound, the sender is told which DM failed."""
         server = self.start_server(0)
         alice, alice_ui, _ = yield self.registered_client(server.url, 1)
         bob, bob_ui, bob_id = yield self.registered_client(server.url, 2)
@@ -229,13 +230,28 @@ class SingleServerTests(ClientE2EBase):
         yield bob.quit()
         yield wait_until(lambda: bob_id not in alice.session.presence, "bob's departure")
         yield alice.session.tell(bob_id, "hello? " * 10)
-        # The server names the DM's ts: the line shows the first 30 characters and the time sent.
+        queued = rf"^DM to {bob_id} queued: {bob_id} is offline; it will be delivered when they come online$"
+        yield wait_until(lambda: alice_ui.find(queued), "the queued line")
+        # Over a bound: the server says so at once, naming the DM (preview and time sent).
+        server.service.getServiceNamed("holding").max_per_recipient = 1
+        yield alice.session.tell(bob_id, "one too many")
         pattern = (
-            rf'^\[FAILED\] DM to {bob_id} \("(hello\? ){{4}}he…", sent \d\d:\d\d:\d\d\) '
-            r"was not delivered: USER_NOT_FOUND: "
+            rf'^\[FAILED\] DM to {bob_id} \("one too many", sent \d\d:\d\d:\d\d\) '
+            r"was not delivered: QUEUE_FULL: "
         )
         yield wait_until(lambda: alice_ui.find(pattern), "the [FAILED] line")
-        self.assertIsNone(alice_ui.find(r"^\[ERROR\] USER_NOT_FOUND"))
+        # Bob comes back on a new client: the held DM arrives once, marked with its sending time.
+        again, again_ui = yield self.start_client(
+            server.url, 2, pins=bob.pins_path if hasattr(bob, "pins_path") else None
+        )
+        again_ui.passwords.append(PASSWORD)
+        yield again.session.login(bob_id)
+        held = r"^\[sent \d{4}-\d\d-\d\d \d\d:\d\d\] DM from .*: (hello\? ){9}hello\?"
+        yield wait_until(lambda: again_ui.find(held), "the held DM")
+        yield wait_until(
+            lambda: alice_ui.find(rf"^\[DELIVERED\] queued DM to {bob_id} \(\"hello"), "delivered"
+        )
+        self.assertEqual(len([line for line in again_ui.lines if "DM from" in line]), 1)
 
     @inlineCallbacks
     def test_reconnect_after_server_restart(self):

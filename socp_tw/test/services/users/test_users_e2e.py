@@ -206,8 +206,17 @@ class UserSideEndToEndTests(TestCase):
         self.assertEqual(code, 1000)
         removed = yield alice.receive("USER_REMOVE")
         self.assertEqual(removed["payload"], {"user_id": bob_id, "server_id": self.server.server_id})
-        alice.dm(bob_id, b"are you there?", vector_key("bob"))
-        self.assertEqual((yield alice.error("USER_NOT_FOUND"))["user_id"], bob_id)
+        # A DM for Bob, now offline, is held for him (docs/MESH.md "Held messages").
+        _, ts = alice.dm(bob_id, b"are you there?", vector_key("bob"))
+        queued = yield alice.receive("ACK")
+        self.assertEqual(
+            queued["payload"],
+            {"msg_ref": "MSG_DIRECT", "user_id": bob_id, "ts": ts, "status": "queued", "reason": "offline"},
+        )
+        # A user no server has ever seen is still not found.
+        stranger = wire.new_uuid4()
+        alice.dm(stranger, b"who?", vector_key("bob"))
+        self.assertEqual((yield alice.error("USER_NOT_FOUND"))["user_id"], stranger)
 
     @inlineCallbacks
     def test_wrong_password_then_rate_limited(self):
