@@ -30,7 +30,7 @@ from socp_tw.interfaces import (
     IUserFrames,
     IWorkers,
 )
-from socp_tw.protocols.links import OrderedSender
+from socp_tw.transport.sender import OrderedSender
 
 
 @implementer(IWorkers)

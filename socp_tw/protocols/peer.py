@@ -38,7 +38,6 @@ from socp_tw.interfaces import ILink
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
 from socp_tw.protocols.frames import FastFrames
-from socp_tw.protocols.links import OrderedSender
 from socp_tw.protocols.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -50,6 +49,7 @@ from socp_tw.protocols.websocket import (
     send_overflow,
     tune_factory,
 )
+from socp_tw.transport.sender import OrderedSender
 
 _log = get_logger("socp_tw.peer")
 
