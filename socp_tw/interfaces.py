@@ -208,6 +208,95 @@ class IPeerLinks(Interface):
         """Call ``callback()`` (no arguments) whenever :meth:`connected_servers` changes."""
 
 
+class IPeerLinkEvents(ILinkHandler):
+    """The mesh as its outgoing links see it (``socp_tw.services.mesh.Mesh``).
+
+    The dialers (``socp_tw.services.mesh.dialing``) and their WebSocket client protocol
+    (``socp_tw.protocols.peer``) report here; frames and closes arrive as on any
+    :class:`ILinkHandler`.
+    """
+
+    counters = Attribute(
+        "The mesh's ``collections.Counter``; an outgoing link that does not read counts"
+        " ``closed.send_overflow`` in it."
+    )
+
+    def set_outgoing(outgoing):
+        """Dial other servers through ``outgoing`` (an :class:`IOutgoingLinks`) from now on."""
+
+    def outgoing_opened(link, dialer):
+        """The outgoing ``link`` of ``dialer`` (an :class:`IDialer`) completed its WebSocket
+        handshake: identify ourselves on it."""
+
+    def frame_rejected(link, error):
+        """A frame on an outgoing ``link`` failed parsing with ``error`` (a ``wire.FrameError``)."""
+
+    def goodbye(link):
+        """Tell the server on ``link`` that we are leaving (before a shutdown close), once."""
+
+
+class IDialer(Interface):
+    """One outgoing link to one address, redialled with backoff while the mesh wants it.
+
+    A new dialer is paused.  The mesh resumes it while it wants a link to that server and
+    pauses it while another link to the server is live.
+    """
+
+    host = Attribute("The host dialled (the next attempt uses it).")
+    port = Attribute("The port dialled.")
+    url = Attribute("``ws://`` or ``wss://`` URL of the address dialled (logs).")
+    server_id = Attribute("The id of the server dialled, or None until an introducer's WELCOME.")
+    join = Attribute("True: open with SERVER_HELLO_JOIN (an introducer); the mesh clears it.")
+    pem = Attribute("True: send our key as b64u(PEM) in SERVER_HELLO_JOIN (bootstrap key given as PEM).")
+    wanted = Attribute("True from :meth:`resume` (after its delay) until :meth:`pause`: it dials.")
+
+    def resume(delay=0.0):
+        """Dial (after ``delay`` seconds) and keep redialling until paused."""
+
+    def pause():
+        """Stop dialling; a live link of this dialer is left alone."""
+
+    def retarget(host, port):
+        """The server moved: dial ``host:port`` from the next attempt on."""
+
+    def mark_healthy():
+        """The peer accepted the link: the next redial starts from the shortest delay."""
+
+
+class IOutgoingLinks(Interface):
+    """Owns the mesh's dialers (``socp_tw.services.mesh.dialing.OutgoingLinks``)."""
+
+    def dialer(host, port, server_id=None, join=False):
+        """A new, paused :class:`IDialer` for ``host:port``."""
+
+    def remove(dialer):
+        """Forget ``dialer`` (replaced by another): stop it, close its link without a goodbye.
+        Returns a Deferred that fires once it has stopped."""
+
+
+class IOutgoingLinkOwner(Interface):
+    """The dialer behind one outgoing WebSocket connection, as its client protocol sees it.
+
+    ``socp_tw.protocols.peer`` builds one connection per attempt; this is all it knows
+    of the dialer that made it.
+    """
+
+    address = Attribute("Printable ``host:port`` dialled (``[v6]:port``): the link's ``peer``.")
+    url = Attribute("The URL dialled (the WebSocket handshake's).")
+    mesh = Attribute("The :class:`IPeerLinkEvents` that the link's frames and events go to.")
+    max_send_queue = Attribute("Frames awaiting a signature past which the link is closed as not reading.")
+    max_send_queue_bytes = Attribute("Bytes not taken by the kernel past which it is closed so.")
+
+    def new_link_id():
+        """A link id unique in the process (``out-N``)."""
+
+    def opened(link):
+        """``link`` completed its WebSocket handshake."""
+
+    def closed(link, opened, code, reason):
+        """``link`` closed; ``opened`` False if its WebSocket handshake never completed."""
+
+
 class IUserFrames(Interface):
     """The user side as the services that handle user frames see it (public channel, files).
 

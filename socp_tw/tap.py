@@ -25,12 +25,12 @@ from socp_tw.listener import BindAddress, make_listener, parse_bind, parse_ws_ur
 from socp_tw.logs import LEVEL_NAMES, set_log_level
 from socp_tw.memory import DEFAULT_INTERVAL as TRIM_INTERVAL
 from socp_tw.memory import MemoryTrimmer
-from socp_tw.protocols.peer import OutgoingLinks
+from socp_tw.protocols.peer import PeerClientFactory
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import FileRelay
 from socp_tw.services.holding import HeldMessages, SQLHeldQueue, read_held_summary
 from socp_tw.services.hub import Hub
-from socp_tw.services.mesh import Mesh, PinStoreError
+from socp_tw.services.mesh import Mesh, OutgoingLinks, PinStoreError
 from socp_tw.services.presence import Presence
 from socp_tw.services.public import PublicChannel
 from socp_tw.services.router import Router
@@ -364,7 +364,12 @@ def makeService(config: Options, reactor=None) -> MultiService:
         MemoryTrimmer(clock=reactor, interval=config["memory-trim-interval"]).setServiceParent(top)
     # Outgoing links start once the listener knows its port (we announce it) and stop first.
     OutgoingLinks(
-        mesh, reactor, max_frame_bytes=config["max-frame-bytes"], tls_policy=config["peer_tls"], limits=limits
+        mesh,
+        reactor,
+        client_factory=PeerClientFactory,
+        max_frame_bytes=config["max-frame-bytes"],
+        tls_policy=config["peer_tls"],
+        limits=limits,
     ).setServiceParent(top)
     # Last, so it stops first: its users' leaves go out while every server link is still up.
     public.setServiceParent(top)

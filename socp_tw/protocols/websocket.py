@@ -22,8 +22,8 @@ from socp_tw.interfaces import IHub, ILink
 from socp_tw.limits import DEFAULT_LIMITS, Limits
 from socp_tw.logs import get_logger
 from socp_tw.protocols.frames import FastFrames
-from socp_tw.protocols.links import OrderedSender
-from socp_tw.services.files import send_backlog
+from socp_tw.transport.backlog import send_backlog
+from socp_tw.transport.sender import OrderedSender
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001

@@ -25,7 +25,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from socp_tw.protocols.frames import FastFrames, frame_header, mask_payload, masked_text_frame, send_now
-from socp_tw.protocols.links import OrderedSender
+from socp_tw.transport.sender import OrderedSender
 
 TIMEOUT = 10  # seconds a loopback test may wait for bytes
 

@@ -48,8 +48,7 @@ from socp_tw.services.router import Router
 from socp_tw.services.users import UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key
-from socp_tw.test.test_mesh import FakeOutgoing
-from socp_tw.testing import FakeLink, MemoryStore, SynchronousWorkers
+from socp_tw.testing import FakeLink, FakeOutgoingLinks, MemoryStore, SynchronousWorkers
 
 HERE = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 S1 = "6fa459ea-ee8a-4ca4-894e-db77e160355e"
@@ -228,7 +227,7 @@ class Server:
             forged_limit=10**9,
             limits=OPEN_LIMITS,
         )
-        self.outgoing = FakeOutgoing()
+        self.outgoing = FakeOutgoingLinks()
         self.mesh.set_outgoing(self.outgoing)
         self.router = Router(
             self.presence, self.signer, self.mesh, ts_window=300.0, now_ms=self.now_ms, clock=self.clock

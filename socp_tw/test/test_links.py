@@ -7,7 +7,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw.protocols.frames import frame_header
-from socp_tw.protocols.links import OrderedSender, copies_of
+from socp_tw.transport.fanout import copies_of
+from socp_tw.transport.sender import OrderedSender
 
 
 class OrderedSenderTests(SynchronousTestCase):

@@ -32,7 +32,14 @@ from socp_tw.signer import FrameSigner
 from socp_tw.tap import Options, makeService
 from socp_tw.test.keys import VECTORS, test_key, vector_id, vector_key
 from socp_tw.test.servers import prepare_data_dir
-from socp_tw.testing import FakeLink, FakePeerLinks, SynchronousWorkers, verify_server_frame
+from socp_tw.testing import (
+    FakeDialer,
+    FakeLink,
+    FakeOutgoingLinks,
+    FakePeerLinks,
+    SynchronousWorkers,
+    verify_server_frame,
+)
 
 BASE_MS = 1_700_000_000_000
 # Ordered ids: LOW < HERE < S1 < S2 < S3 (the dial-race rule compares them).
@@ -55,55 +62,6 @@ def user_pub(index: int = 6) -> str:
     return crypto.encode_public_key(test_key(index))
 
 
-class FakeDialer:
-    """Stands in for protocols.peer.PeerDialer: records what the mesh asks of it."""
-
-    def __init__(self, host: str, port: int, server_id: str | None = None, join: bool = False) -> None:
-        self.host, self.port, self.server_id, self.join = host, port, server_id, join
-        self.pem = False
-        self.resumed: list[float] = []
-        self.paused = 0
-        self.healthy = 0
-        self.retargeted: list[tuple[str, int]] = []
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    def resume(self, delay: float = 0.0) -> None:
-        self.resumed.append(delay)
-
-    def pause(self) -> None:
-        self.paused += 1
-
-    def retarget(self, host: str, port: int) -> None:
-        self.retargeted.append((host, port))
-        self.host, self.port = host, port
-
-    def mark_healthy(self) -> None:
-        self.healthy += 1
-
-
-class FakeOutgoing:
-    """Stands in for protocols.peer.OutgoingLinks."""
-
-    def __init__(self) -> None:
-        self.dialers: list[FakeDialer] = []
-        self.removed: list[FakeDialer] = []
-
-    def dialer(self, host: str, port: int, server_id: str | None = None, join: bool = False) -> FakeDialer:
-        dialer = FakeDialer(host, port, server_id, join)
-        self.dialers.append(dialer)
-        return dialer
-
-    def remove(self, dialer: FakeDialer) -> Deferred:
-        self.removed.append(dialer)
-        return Deferred()
-
-    def for_server(self, server_id: str) -> list[FakeDialer]:
-        return [d for d in self.dialers if d.server_id == server_id]
-
-
 class Node:
     """One server under test: signer, hub, presence and mesh on a shared Clock."""
 
@@ -120,7 +78,7 @@ class Node:
         self.presence = Presence(server_id)
         kwargs.setdefault("advertise", ("127.0.0.1", port))
         self.mesh = Mesh(self.signer, self.hub, self.presence, reactor=clock, now_ms=self.now_ms, **kwargs)
-        self.outgoing = FakeOutgoing()
+        self.outgoing = FakeOutgoingLinks()
         self.mesh.set_outgoing(self.outgoing)
         self.mesh.startService()
         self.changes = 0

@@ -13,48 +13,30 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
-from socp_tw.protocols.peer import OutgoingLinks, PeerClientFactory, backoff_policy
+from socp_tw.protocols.peer import PeerClientFactory
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.hub import Hub
 from socp_tw.services.mesh import Mesh
+from socp_tw.services.mesh.dialing import OutgoingLinks, backoff_policy
 from socp_tw.services.presence import Presence
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key
-from socp_tw.testing import FakeLink, SynchronousWorkers
+from socp_tw.testing import FakeLink, RecordingPeerLinkEvents, SynchronousWorkers
 
 A = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 B = "6fa459ea-ee8a-4ca4-894e-db77e160355e"
 
 
-class RecordingMesh:
-    """What a dialer reports to the mesh."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-        self.outgoing = None
-
-    def set_outgoing(self, outgoing) -> None:
-        self.outgoing = outgoing
-
-    def outgoing_opened(self, link, dialer) -> None:
-        self.events.append(("opened", link, dialer))
-
-    def frame_received(self, link, envelope) -> None:
-        self.events.append(("frame", link, envelope))
-
-    def frame_rejected(self, link, error) -> None:
-        self.events.append(("rejected", link, error))
-
-    def link_closed(self, link, reason) -> None:
-        self.events.append(("closed", link, reason))
-
-    def goodbye(self, link) -> None:
-        self.events.append(("goodbye", link))
+def outgoing_links(mesh, reactor, **kwargs) -> OutgoingLinks:
+    """The dialers as ``socp_tw.tap`` builds them: with the real client protocol."""
+    return OutgoingLinks(mesh, reactor, client_factory=PeerClientFactory, **kwargs)
 
 
 class BackoffTests(SynchronousTestCase):
     def delays(self, failures: list[int], jitter: float = 0.5, rand: float = 0.0) -> list[float]:
-        outgoing = OutgoingLinks(RecordingMesh(), MemoryReactorClock(), jitter=jitter, rand=lambda: rand)
+        outgoing = outgoing_links(
+            RecordingPeerLinkEvents(), MemoryReactorClock(), jitter=jitter, rand=lambda: rand
+        )
         return [outgoing.delay_for(n) for n in failures]
 
     def test_grows_exponentially_and_is_capped(self) -> None:
@@ -72,7 +54,7 @@ class BackoffTests(SynchronousTestCase):
 
     def test_follows_the_configured_delays(self) -> None:
         """The mesh's tests shorten the schedule after construction; the policy reads it per dial."""
-        outgoing = OutgoingLinks(RecordingMesh(), MemoryReactorClock(), rand=lambda: 0.0)
+        outgoing = outgoing_links(RecordingPeerLinkEvents(), MemoryReactorClock(), rand=lambda: 0.0)
         outgoing.base_delay, outgoing.max_delay = 0.1, 0.3
         self.assertEqual([outgoing.delay_for(n) for n in (1, 2, 3, 4)], [0.1, 0.2, 0.3, 0.3])
 
@@ -85,8 +67,8 @@ class BackoffTests(SynchronousTestCase):
 class DialerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.mesh = RecordingMesh()
-        self.outgoing = OutgoingLinks(self.mesh, self.reactor, rand=lambda: 0.0)
+        self.mesh = RecordingPeerLinkEvents()
+        self.outgoing = outgoing_links(self.mesh, self.reactor, rand=lambda: 0.0)
         self.outgoing.startService()
         self.dialer = self.outgoing.dialer("127.0.0.1", 9001, join=True)
 
@@ -181,7 +163,7 @@ class DialerTests(SynchronousTestCase):
         self.assertEqual(self.dialer.address, "127.0.0.1:9999")
 
     def test_not_running_means_not_dialling(self) -> None:
-        outgoing = OutgoingLinks(RecordingMesh(), self.reactor)
+        outgoing = outgoing_links(RecordingPeerLinkEvents(), self.reactor)
         dialer = outgoing.dialer("127.0.0.1", 1)
         dialer.resume()
         self.reactor.advance(0)
@@ -249,7 +231,7 @@ class InMemoryJoinTests(SynchronousTestCase):
         clock = Clock()
         hub_b, mesh_b = self.node(B, 1, clock)
         _, mesh_a = self.node(A, 0, clock)
-        outgoing = OutgoingLinks(mesh_a, MemoryReactorClock())
+        outgoing = outgoing_links(mesh_a, MemoryReactorClock())
         dialer = outgoing.dialer("127.0.0.1", 9001, join=True)
         server_factory = SOCPServerFactory("ws://127.0.0.1:9001", hub_b)
         client_factory = PeerClientFactory(dialer, wire.MAX_FRAME_BYTES)

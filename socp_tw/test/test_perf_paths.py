@@ -22,12 +22,12 @@ from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
 from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.protocols.websocket import SOCPServerFactory, SOCPServerProtocol
-from socp_tw.services.files import send_backlog
 from socp_tw.services.hub import Hub
 from socp_tw.signer import FrameSigner, encode_signed_frame
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import HANDSHAKE, open_server_link
 from socp_tw.testing import NeverSigner, SynchronousWorkers
+from socp_tw.transport.backlog import send_backlog
 
 
 class SignedFrameTests(SynchronousTestCase):

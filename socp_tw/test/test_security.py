@@ -23,12 +23,13 @@ from socp_tw import content, crypto, tls, wire
 from socp_tw.auth.login import SrpClient
 from socp_tw.identity import ServerIdentity
 from socp_tw.limits import DEFAULT_LIMITS, Limits
-from socp_tw.protocols.peer import OutgoingLinks
+from socp_tw.protocols.peer import PeerClientFactory
 from socp_tw.protocols.websocket import send_overflow
 from socp_tw.services import mesh as mesh_module
 from socp_tw.services import presence as presence_module
 from socp_tw.services import users as users_module
 from socp_tw.services.hub import Hub
+from socp_tw.services.mesh import OutgoingLinks
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
 from socp_tw.signer import FrameSigner
@@ -38,7 +39,7 @@ from socp_tw.test.servers import open_server_link, prepare_data_dir
 from socp_tw.test.services.users.test_users import PASSWORD, UserSideTestBase, alice_key, bob_key
 from socp_tw.test.test_mesh import HERE, S1, S2, S3, MeshTestCase, Node
 from socp_tw.test.tls_certs import shared_pki, write_pem
-from socp_tw.testing import FakeLink, FakePeerLinks, NeverSigner, SynchronousWorkers
+from socp_tw.testing import FakeLink, FakePeerLinks, NeverSigner, RecordingPeerLinkEvents, SynchronousWorkers
 
 USER = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 
@@ -617,8 +618,13 @@ class PeerTLSTests(SynchronousTestCase):
 
     def test_dialers_use_the_policy(self) -> None:
         files = tls_files(self)
-        mesh = type("M", (), {"set_outgoing": lambda self, o: None})()
-        outgoing = OutgoingLinks(mesh, Clock(), tls_policy=tls.PeerTLS(default=True, ca_file=files["ca"]))
+        mesh = RecordingPeerLinkEvents()
+        outgoing = OutgoingLinks(
+            mesh,
+            Clock(),
+            client_factory=PeerClientFactory,
+            tls_policy=tls.PeerTLS(default=True, ca_file=files["ca"]),
+        )
         dialer = outgoing.dialer("127.0.0.1", 8765)
         self.assertEqual(dialer.url, "wss://127.0.0.1:8765")
         endpoint = outgoing.endpoint_for("127.0.0.1", 8765)
@@ -626,5 +632,5 @@ class PeerTLSTests(SynchronousTestCase):
         bad_name = outgoing.endpoint_for("-bad-.example", 1)  # IDNA refuses it: every dial fails
         failure = self.failureResultOf(bad_name.connect(None))
         self.assertIn("not a valid host name", failure.getErrorMessage())
-        plain = OutgoingLinks(mesh, Clock())
+        plain = OutgoingLinks(mesh, Clock(), client_factory=PeerClientFactory)
         self.assertEqual(plain.dialer("127.0.0.1", 1).url, "ws://127.0.0.1:1")

@@ -19,7 +19,7 @@ from socp_tw.client.files import STALL_TIMEOUT, FileTransfers
 from socp_tw.client.pins import PinStore
 from socp_tw.client.session.sent import SentDMs
 from socp_tw.logs import get_logger
-from socp_tw.protocols.links import OrderedSender
+from socp_tw.transport.sender import OrderedSender
 
 if TYPE_CHECKING:
     from socp_tw.client.session.inbox import _Partial

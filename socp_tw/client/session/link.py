@@ -10,7 +10,7 @@ from socp_tw import wire
 from socp_tw.client.console import printable
 from socp_tw.client.session.core import NotConnected, SessionCore
 from socp_tw.logs import get_logger
-from socp_tw.protocols.links import OrderedSender
+from socp_tw.transport.sender import OrderedSender
 
 _log = get_logger("socp_tw.client.session")
 

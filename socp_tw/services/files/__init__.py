@@ -30,7 +30,6 @@ The recipient's server needs no state: the router checks and delivers each frame
 comes from the mesh, in order.
 """
 
-from socp_tw.services.files.pacing import send_backlog
 from socp_tw.services.files.relay import FileRelay
 from socp_tw.services.files.transfers import CHUNK_BYTES, FILE_FRAMES, Transfer, chunk_count
 
@@ -40,5 +39,4 @@ __all__ = [
     "FileRelay",
     "Transfer",
     "chunk_count",
-    "send_backlog",
 ]

@@ -17,8 +17,9 @@ from socp_tw import wire
 from socp_tw.interfaces import ILink, IPeerLinks, IPresence
 from socp_tw.limits import RateLimiter
 from socp_tw.services.files.transfers import Transfer, Transfers
+from socp_tw.transport.backlog import send_backlog
 
-__all__ = ["MAX_SEND_BUFFER", "PRESSURE_POLL", "Pacer", "send_backlog"]
+__all__ = ["MAX_SEND_BUFFER", "PRESSURE_POLL", "Pacer"]
 
 MAX_SEND_BUFFER = 256 * 1024  # bytes queued on the next hop before file frames wait
 PRESSURE_POLL = 0.02  # seconds between looks at a full next hop
@@ -26,29 +27,6 @@ PRESSURE_POLL = 0.02  # seconds between looks at a full next hop
 
 class _Timeout(wire.FrameError):
     code = "TIMEOUT"
-
-
-def send_backlog(link: Any) -> int:
-    """Bytes sent to ``link`` that its transport has not yet handed to the kernel.
-
-    Counts the ready frames its sender holds back (``queued_bytes``) and reads Twisted's
-    ``FileDescriptor`` buffers (``dataBuffer``, ``_tempDataLen``), looking through a TLS
-    wrapper; 0 when the link has no such transport (fakes, unknown transports).
-    """
-    total = int(getattr(link, "queued_bytes", 0) or 0)  # ready frames its sender holds back
-    transport = getattr(link, "transport", None)
-    for _ in range(4):  # link -> (TLS wrapper ->) TCP connection
-        if transport is None:
-            break
-        buffered = getattr(transport, "dataBuffer", None)
-        if isinstance(buffered, (bytes, bytearray, memoryview)):
-            total += len(buffered) - int(getattr(transport, "offset", 0) or 0)
-            total += int(getattr(transport, "_tempDataLen", 0) or 0)
-        pending = getattr(transport, "_appSendBuffer", None)
-        if isinstance(pending, list):
-            total += sum(len(item) for item in pending if isinstance(item, bytes))
-        transport = getattr(transport, "transport", None)
-    return total
 
 
 class Pacer:

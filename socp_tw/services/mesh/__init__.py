@@ -2,7 +2,8 @@
 
 One :class:`Mesh` owns every server-to-server link, whichever side dialled it:
 incoming links reach it through the hub (it claims the identifying frame types),
-outgoing ones through ``socp_tw.protocols.peer`` (which owns the redialling).  Every
+outgoing ones through its dialers (``dialing``: :class:`OutgoingLinks`, which owns the
+redialling and builds the WebSocket client protocol with the factory it is given).  Every
 frame on a server link takes the same path: liveness, de-duplication, one
 verification step (the pinned key of its ``from``), then a per-type handler.
 
@@ -10,9 +11,11 @@ docs/MESH.md describes the behaviour (join flow, pinning, gossip, liveness, rout
 and limits); the comments here say how the code does it.  One module per concern,
 mixed into :class:`Mesh` (``service``), all sharing its state: ``pins``, ``seen``,
 ``handshake``, ``links``, ``liveness``, ``verify``, ``gossip``, ``relay``; ``state`` holds
-the per-link state and the constants they share.
+the per-link state and the constants they share.  ``dialing`` is a service of its own; it
+and the mesh hold each other as ``IOutgoingLinks`` / ``IDialer`` and ``IPeerLinkEvents``.
 """
 
+from socp_tw.services.mesh.dialing import OutgoingLinks, PeerDialer, backoff_policy
 from socp_tw.services.mesh.pins import PEERS_FILE, KnownServer, PinStore, PinStoreError
 from socp_tw.services.mesh.seen import SeenCache
 from socp_tw.services.mesh.service import Mesh
@@ -42,8 +45,11 @@ __all__ = [
     "KeyRefused",
     "KnownServer",
     "Mesh",
+    "OutgoingLinks",
+    "PeerDialer",
     "PinStore",
     "PinStoreError",
     "SeenCache",
+    "backoff_policy",
     "envelope_list",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from socp_tw import crypto, wire
-from socp_tw.interfaces import ILink
+from socp_tw.interfaces import IDialer, ILink
 from socp_tw.services.mesh.seen import SeenCache
 from socp_tw.services.mesh.state import (
     CLOSE_POLICY,
@@ -33,14 +33,14 @@ class Handshake:
         pubkey = self._own_key_for(server_id, pem)
         return {"host": host, "port": port, "pubkey": pubkey, "ext": OUR_EXTENSIONS}
 
-    def join(self, host: str, port: int) -> Any:
+    def join(self, host: str, port: int) -> IDialer:
         """Join (or re-join) the mesh through the introducer at ``host:port``, now."""
         dialer = self._outgoing.dialer(host, port, server_id=None, join=True)
         self._introducers.append(dialer)
         dialer.resume()
         return dialer
 
-    def outgoing_opened(self, link: ILink, dialer: Any) -> None:
+    def outgoing_opened(self, link: ILink, dialer: IDialer) -> None:
         """An outgoing WebSocket opened: identify ourselves (JOIN or LINK)."""
         now = self._clock.seconds()
         state = _LinkState(link, dialer, last_seen=now)
@@ -49,7 +49,7 @@ class Handshake:
         self._log.info("Connected to peer {url}", url=dialer.url)
         if dialer.server_id is None or dialer.join:
             state.joining = True
-            payload = self._address_payload(dialer.server_id, getattr(dialer, "pem", False))
+            payload = self._address_payload(dialer.server_id, dialer.pem)
             link.send(self._signer.frame("SERVER_HELLO_JOIN", _host_port(dialer.host, dialer.port), payload))
             self._arm_dead_timer(state)
             return
@@ -331,11 +331,11 @@ class Handshake:
         else:
             self._presence.server_id = assigned
 
-    def _forget_introducer(self, dialer: Any) -> None:
+    def _forget_introducer(self, dialer: IDialer) -> None:
         if dialer in self._introducers:
             self._introducers.remove(dialer)
 
-    def _adopt_dialer(self, dialer: Any, server_id: str) -> None:
+    def _adopt_dialer(self, dialer: IDialer, server_id: str) -> None:
         """An introducer's dialer now knows its server: it becomes that server's dialer."""
         self._forget_introducer(dialer)
         previous = self._dialers.get(server_id)

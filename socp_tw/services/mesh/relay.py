@@ -8,8 +8,8 @@ from twisted.internet.defer import Deferred
 
 from socp_tw import wire
 from socp_tw.interfaces import ILink
-from socp_tw.protocols.links import send_to_all
 from socp_tw.services.mesh.state import _LinkState
+from socp_tw.transport.fanout import send_to_all
 
 
 class Relay:

@@ -1,4 +1,4 @@
-"""The :class:`Mesh` facade: one service, its state, and the IPeerLinks / ILinkHandler entry points."""
+"""The :class:`Mesh` facade: one service, its state, and the IPeerLinks / IPeerLinkEvents entry points."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from zope.interface import implementer
 from socp_tw import crypto, wire
 from socp_tw.bootstrap import BootstrapEntry
 from socp_tw.interfaces import (
+    IDialer,
     IHub,
     ILink,
-    ILinkHandler,
+    IOutgoingLinks,
+    IPeerLinkEvents,
     IPeerLinks,
     IPresence,
     IPresenceObserver,
@@ -40,7 +42,7 @@ from socp_tw.services.mesh.verify import Verify
 from socp_tw.services.userkeys import UserKeys
 
 
-@implementer(IPeerLinks, ILinkHandler, IPresenceObserver)
+@implementer(IPeerLinks, IPeerLinkEvents, IPresenceObserver)
 class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
     """All server links of this server, and the rules of PROTOCOL.md §4.
 
@@ -127,9 +129,9 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
         self._preparers: dict[str, Callable[[wire.Envelope], Any]] = {}
         self._observers: list[Callable[[], None]] = []
         self._withdraw_timers: dict[str, IDelayedCall] = {}
-        self._outgoing: Any = None
-        self._dialers: dict[str, Any] = {}  # server_id -> PeerDialer
-        self._introducers: list[Any] = []  # PeerDialers of --peer/--bootstrap, id not yet known
+        self._outgoing: IOutgoingLinks | None = None
+        self._dialers: dict[str, IDialer] = {}  # server_id -> its dialer
+        self._introducers: list[IDialer] = []  # dialers of --peer/--bootstrap, id not yet known
         self._close_waiters: dict[str, Deferred] = {}
         self._saving: Deferred | None = None
         self._save_again = False
@@ -139,9 +141,9 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
 
     # -- configuration ---------------------------------------------------------------------
 
-    def set_outgoing(self, outgoing: Any) -> None:
-        """Attach the service that owns outgoing links (``socp_tw.protocols.peer.OutgoingLinks``)."""
-        self._outgoing = outgoing
+    def set_outgoing(self, outgoing: IOutgoingLinks) -> None:
+        """Attach the service that owns outgoing links (``socp_tw.services.mesh.dialing.OutgoingLinks``)."""
+        self._outgoing = IOutgoingLinks(outgoing)
 
     @property
     def server_id(self) -> str:

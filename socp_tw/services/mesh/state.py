@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 
 from socp_tw import wire
-from socp_tw.interfaces import ILink
+from socp_tw.interfaces import IDialer, ILink
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -54,7 +54,7 @@ class _LinkState:
     """The mesh's view of one server link."""
 
     link: ILink
-    dialer: Any = None  # the PeerDialer that owns an outgoing link
+    dialer: IDialer | None = None  # the dialer that owns an outgoing link
     server_id: str | None = None
     joining: bool = False  # outgoing, SERVER_HELLO_JOIN sent, waiting for SERVER_WELCOME
     up: bool = False  # the registered link of server_id

@@ -17,9 +17,9 @@ from twisted.python.failure import Failure
 
 from socp_tw.interfaces import ILink
 from socp_tw.logs import get_logger
-from socp_tw.protocols.links import copies_of, sign_for_all
 from socp_tw.services.public.keys import GroupKey
 from socp_tw.services.public.state import chunks
+from socp_tw.transport.fanout import copies_of, sign_for_all
 
 if TYPE_CHECKING:
     from socp_tw.services.public.channel import PublicChannel

@@ -6,9 +6,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from socp_tw.protocols.links import sign_for_all
 from socp_tw.services.presence import UserPresence
 from socp_tw.services.users.state import MAX_CACHED_ADVERTS
+from socp_tw.transport.fanout import sign_for_all
 
 
 class _Adverts:

@@ -11,7 +11,6 @@ from socp_tw import crypto, wire
 from socp_tw.auth.errors import KeystoreError
 from socp_tw.auth.hello import hello_proof_preimage
 from socp_tw.interfaces import ILink
-from socp_tw.protocols.links import copies_of
 from socp_tw.services.presence import NameInUse
 from socp_tw.services.userkeys import DIFFERS
 from socp_tw.services.users.state import (
@@ -22,6 +21,7 @@ from socp_tw.services.users.state import (
     _optional_str,
     _UserLink,
 )
+from socp_tw.transport.fanout import copies_of
 
 
 class _Hello:

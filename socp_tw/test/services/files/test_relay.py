@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 
 from socp_tw import crypto, wire
-from socp_tw.services.files import CHUNK_BYTES, FileRelay, send_backlog
+from socp_tw.services.files import CHUNK_BYTES, FileRelay
 from socp_tw.test.file_frames import FakeTCP, chunk_payload, end_payload, pieces, start_payload
 from socp_tw.test.keys import vector_key
 from socp_tw.test.services.users.test_users import UserSideTestBase
+from socp_tw.transport.backlog import send_backlog
 
 
 class RelayTestBase(UserSideTestBase):
