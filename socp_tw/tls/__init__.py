@@ -19,6 +19,7 @@ certificate renewal as long as the key is kept. :func:`spki_pin` computes one fr
 certificate (and the server logs its own at start-up).
 
 Everything here raises :class:`TLSConfigError` with a readable message for bad
+files or options, so the command line can turn it into a usage error.
 
 The package, one concern per module (every name is re-exported here):
 :mod:`~socp_tw.tls.material` (reading PEM files, :class:`TLSConfigError`, the
