@@ -109,14 +109,14 @@ def _sign_on_request(key_der: bytes, data: bytes, commands, barrier, results) ->
     """One process: for each ``seconds`` read from ``commands``, sign ``data`` flat out from the
     barrier until that long after it and report (count, CPU seconds); stop on ``None``."""
     key = crypto.load_private_key(key_der)
-    key.sign(data, crypto._PSS_SEND, crypto._SHA256)  # warm: first use loads OpenSSL's tables
+    key.sign(data, crypto.pss._PSS_SEND, crypto.pss._SHA256)  # warm: first use loads OpenSSL's tables
     while (seconds := commands.recv()) is not None:
         barrier.wait()
         stop = time.perf_counter() + seconds
         cpu = time.thread_time()
         count = 0
         while time.perf_counter() < stop:
-            key.sign(data, crypto._PSS_SEND, crypto._SHA256)
+            key.sign(data, crypto.pss._PSS_SEND, crypto.pss._SHA256)
             count += 1
         results.put((count, time.thread_time() - cpu))
 
