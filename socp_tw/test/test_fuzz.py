@@ -48,7 +48,7 @@ from socp_tw.services.router import Router
 from socp_tw.services.users import UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key
-from socp_tw.test.test_mesh import FakeOutgoing
+from socp_tw.test.services.mesh.support import FakeOutgoing
 from socp_tw.testing import FakeLink, MemoryStore, SynchronousWorkers
 
 HERE = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"

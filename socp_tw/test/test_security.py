@@ -35,8 +35,8 @@ from socp_tw.signer import FrameSigner
 from socp_tw.tap import Options, makeService
 from socp_tw.test.keys import test_key, vector_id, vector_key
 from socp_tw.test.servers import open_server_link, prepare_data_dir
+from socp_tw.test.services.mesh.support import HERE, S1, S2, S3, MeshTestCase, Node
 from socp_tw.test.services.users.test_users import PASSWORD, UserSideTestBase, alice_key, bob_key
-from socp_tw.test.test_mesh import HERE, S1, S2, S3, MeshTestCase, Node
 from socp_tw.test.tls_certs import shared_pki, write_pem
 from socp_tw.testing import FakeLink, FakePeerLinks, NeverSigner, SynchronousWorkers
 
