@@ -1,8 +1,8 @@
 """Hardening (docs/SECURITY.md), unit level: replay windows, identity binding on server links,
 per-peer pacing, bounded send queues, peer TLS policy, and the limits agreeing with the code.
 
-The connection limits of the hub have their own tests in test_hub; the end-to-end
-versions of these checks are in test_tls_e2e and test_faults_e2e.
+The connection limits of the hub have their own tests in services/test_hub; the end-to-end
+versions of these checks are in test_tls_e2e and services/mesh/test_faults_e2e.
 """
 
 from __future__ import annotations

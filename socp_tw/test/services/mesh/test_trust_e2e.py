@@ -14,8 +14,8 @@ from twisted.trial.unittest import TestCase
 from socp_tw import crypto, wire
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled, wait_until
+from socp_tw.test.services.mesh.test_e2e import FAKE_ID, FakeServer
 from socp_tw.test.services.users.test_users_e2e import RawUser
-from socp_tw.test.test_mesh_e2e import FAKE_ID, FakeServer
 
 VICTIM_KEY, ATTACKER_KEY, OTHER_KEY = 5, 4, 6
 S_MADE_KEY = 2  # a key the hostile server made for its takeover
