@@ -110,8 +110,10 @@ class SingleServerTests(ClientE2EBase):
             lambda: f"[LOGIN SUCCESS] {user_id}\n".encode() in transport2.value(), what="the login"
         )
         self.assertEqual(app2.session.user_id, user_id)
-        # The key came from the server's key store, opened locally: it is the registered key.
-        self.assertEqual(crypto.encode_public_key(app2.session._key), crypto.encode_public_key(test_key(1)))
+        # The key came from the server's key store, opened locally: it is the registered key
+        # (the one the server saw it prove in its hello).
+        users = server.service.getServiceNamed("users")
+        self.assertEqual(users.authenticated_key(user_id), crypto.encode_public_key(test_key(1)))
         unknown = wire.new_uuid4()
         app3, ui3 = yield self.start_client(server.url, 3)
         ui3.passwords.append(PASSWORD)

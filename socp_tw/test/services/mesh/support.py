@@ -101,7 +101,8 @@ class Node:
         self.now_ms = lambda: BASE_MS + int(clock.seconds() * 1000)
         key = test_key(KEYS[server_id])
         identity = ServerIdentity(server_id, key, crypto.encode_public_key(key))
-        self.signer = FrameSigner(identity, SynchronousWorkers(), now_ms=self.now_ms)
+        self.workers = SynchronousWorkers()  # counts the signatures made
+        self.signer = FrameSigner(identity, self.workers, now_ms=self.now_ms)
         self.hub = Hub(self.signer)
         self.presence = Presence(server_id)
         kwargs.setdefault("advertise", ("127.0.0.1", port))

@@ -72,10 +72,10 @@ class LocalPresenceTests(MeshTestCase):
         l1, l2 = self.link_in(S1), self.link_in(S2)
         l1.sent.clear()
         l2.sent.clear()
-        calls = self.node.signer._workers.calls
+        calls = self.node.workers.calls
         link = FakeLink("user")
         self.presence.user_online_local(USER, user_pub(), {"name": "x"}, link)
-        self.assertEqual(self.node.signer._workers.calls, calls + 1)  # one signature for all links
+        self.assertEqual(self.node.workers.calls, calls + 1)  # one signature for all links
         [a1], [a2] = l1.frames(), l2.frames()
         self.assertEqual(a1, a2)
         self.assertEqual((a1["type"], a1["to"]), ("USER_ADVERTISE", "*"))
