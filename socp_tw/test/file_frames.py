@@ -1,6 +1,7 @@
 """Builders of FILE_* payloads as a conforming client signs them, and a fake TCP transport.
 
-Shared by the server's relay tests (socp_tw/test/services/files/) and the client's (test_files).
+Shared by the server's relay tests (test/services/files/), the user side's
+(test/services/users/test_files) and the client's (test/client/files/).
 """
 
 from __future__ import annotations

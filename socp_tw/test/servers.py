@@ -185,61 +185,6 @@ class MeshServer(RunningServer):
         return self.stop()
 
 
-def wait_until(check, servers=(), timeout: float = 15.0, what: str = "condition") -> Deferred:
-    """Fire when ``check()`` is true, re-checking after every mesh change, presence change
-    or log event of ``servers`` (event-driven, no polling); fail after ``timeout`` seconds."""
-    from twisted.internet.defer import TimeoutError as DeferredTimeout
-    from twisted.logger import globalLogPublisher
-    from zope.interface import implementer
-
-    from socp_tw.interfaces import IPresenceObserver
-
-    done: Deferred = Deferred()
-    state = {"scheduled": None}
-
-    def finish(result) -> None:
-        globalLogPublisher.removeObserver(on_event)
-        if state["scheduled"] is not None and state["scheduled"].active():
-            state["scheduled"].cancel()
-        if timer.active():
-            timer.cancel()
-        if not done.called:
-            if isinstance(result, Exception):
-                done.errback(result)
-            else:
-                done.callback(result)
-
-    def evaluate() -> None:
-        state["scheduled"] = None
-        if done.called:
-            return
-        try:
-            if check():
-                finish(True)
-        except Exception as e:
-            finish(e)
-
-    def on_event(*_args) -> None:
-        if not done.called and state["scheduled"] is None:
-            state["scheduled"] = reactor.callLater(0, evaluate)
-
-    @implementer(IPresenceObserver)
-    class _Poke:
-        def user_online(self, entry) -> None:
-            on_event()
-
-        def user_offline(self, entry) -> None:
-            on_event()
-
-    for server in servers:
-        server.mesh.add_change_observer(on_event)
-        server.presence.add_observer(_Poke())
-    globalLogPublisher.addObserver(on_event)
-    timer = reactor.callLater(timeout, lambda: finish(DeferredTimeout(f"timed out waiting for {what}")))
-    on_event()
-    return done
-
-
 def full_mesh(servers) -> bool:
     """True when every server has exactly one live link to each of the others."""
     ids = {s.server_id for s in servers}
@@ -259,5 +204,4 @@ __all__ = [
     "prepare_data_dir",
     "reactor",
     "settled",
-    "wait_until",
 ]

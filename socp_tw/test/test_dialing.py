@@ -16,7 +16,7 @@ from socp_tw import wire
 from socp_tw.interfaces import IDialer, IOutgoingLinkOwner, IOutgoingLinks, IPeerLinkEvents
 from socp_tw.protocols.peer import PeerClientFactory
 from socp_tw.services.mesh import OutgoingLinks
-from socp_tw.test.test_mesh import S1, MeshTestCase
+from socp_tw.test.services.mesh.support import S1, MeshTestCase
 from socp_tw.testing import FakeDialer, FakeLink, FakeOutgoingLinks, RecordingPeerLinkEvents
 
 # -- IOutgoingLinks and IDialer --------------------------------------------------------------------

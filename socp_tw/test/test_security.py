@@ -1,8 +1,8 @@
 """Hardening (docs/SECURITY.md), unit level: replay windows, identity binding on server links,
 per-peer pacing, bounded send queues, peer TLS policy, and the limits agreeing with the code.
 
-The connection limits of the hub have their own tests in test_hub; the end-to-end
-versions of these checks are in test_tls_e2e and test_faults_e2e.
+The connection limits of the hub have their own tests in services/test_hub; the end-to-end
+versions of these checks are in test_tls_e2e and services/mesh/test_faults_e2e.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from socp_tw.signer import FrameSigner
 from socp_tw.tap import Options, makeService
 from socp_tw.test.keys import test_key, vector_id, vector_key
 from socp_tw.test.servers import open_server_link, prepare_data_dir
+from socp_tw.test.services.mesh.support import HERE, S1, S2, S3, MeshTestCase, Node
 from socp_tw.test.services.users.test_users import PASSWORD, UserSideTestBase, alice_key, bob_key
-from socp_tw.test.test_mesh import HERE, S1, S2, S3, MeshTestCase, Node
 from socp_tw.test.tls_certs import shared_pki, write_pem
 from socp_tw.testing import FakeLink, FakePeerLinks, NeverSigner, RecordingPeerLinkEvents, SynchronousWorkers
 

@@ -21,8 +21,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 import socp_tw
 from socp_tw import wire
 from socp_tw.identity import IDENTITY_FILE, IdentityError, load_or_create_identity
+from socp_tw.services.mesh import PEERS_FILE
 from socp_tw.tap import PIDFILE, Options, makeService
 from socp_tw.test.servers import prepare_data_dir
+from socp_tw.test.services.mesh.support import S1, pub
 
 
 def parse(*args: str) -> Options:
@@ -325,3 +327,67 @@ class ReadmeMeshTests(TestCase):
             except ProcessExitedAlready:
                 pass  # its end is on its way
         return twistd.ended
+
+
+class MeshOptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Options:
+        config = Options()
+        config.parseOptions(list(args))
+        return config
+
+    def test_defaults(self) -> None:
+        config = self.parse()
+        self.assertEqual(
+            (
+                config["status-interval"],
+                config["advertise_address"],
+                config["bootstrap_entries"],
+                config["peer_addresses"],
+            ),
+            (30.0, None, [], []),
+        )
+
+    def test_mesh_options(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text(json.dumps([{"host": "127.0.0.1", "port": 8765, "pubkey": pub(S1)}]))
+        config = self.parse(
+            "--peer", "ws://127.0.0.1:8765", "--peer", "ws://[::1]:9", "--bootstrap", str(path),
+            "--status-interval", "2.5", "--advertise", "ws://chat.example.org:443",
+        )  # fmt: skip
+        self.assertEqual(config["peer_addresses"], [("127.0.0.1", 8765), ("::1", 9)])
+        self.assertEqual(len(config["bootstrap_entries"]), 1)
+        self.assertEqual(config["status-interval"], 2.5)
+        self.assertEqual(config["advertise_address"], ("chat.example.org", 443))
+
+    def test_bad_mesh_options(self) -> None:
+        missing = self.mktemp()
+        for args in (
+            ["--bootstrap", missing],
+            ["--status-interval", "soon"],
+            ["--status-interval", "0"],
+            ["--advertise", "http://x:1"],
+            ["--advertise", "ws://x:0"],
+            ["--peer", "127.0.0.1:8765"],
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_service_graph(self) -> None:
+        data = prepare_data_dir(self, 0)
+        top = makeService(
+            self.parse("--bind", "ws://127.0.0.1:0", "--data-dir", data, "--peer", "ws://127.0.0.1:1")
+        )
+        names = [s.name for s in top]
+        self.assertLess(names.index("listener"), names.index("status"))
+        self.assertLess(names.index("presence"), names.index("mesh"))
+        self.assertLess(names.index("mesh"), names.index("router"))
+        self.assertLess(names.index("router"), names.index("listener"))
+        self.assertLess(names.index("listener"), names.index("outgoing"))
+        mesh = top.getServiceNamed("mesh")
+        self.assertIs(top.getServiceNamed("outgoing").mesh, mesh)
+
+    def test_corrupt_pins_exit(self) -> None:
+        data = prepare_data_dir(self, 0)
+        (Path(data) / PEERS_FILE).write_text("nope")
+        with self.assertRaises(SystemExit) as caught:
+            makeService(self.parse("--bind", "ws://127.0.0.1:0", "--data-dir", data))
+        self.assertIn(PEERS_FILE, str(caught.exception))

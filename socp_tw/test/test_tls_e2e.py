@@ -16,8 +16,9 @@ from twisted.trial.unittest import TestCase
 
 from socp_tw import crypto, tls, wire
 from socp_tw.test.keys import test_key
-from socp_tw.test.servers import MeshServer, reactor, settled, wait_until
+from socp_tw.test.servers import MeshServer, reactor, settled
 from socp_tw.test.tls_certs import shared_pki, write_pem
+from socp_tw.test.waiting import wait_until
 from socp_tw.testing import CollectingClientFactory, verify_server_frame
 
 

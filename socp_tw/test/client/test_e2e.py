@@ -8,12 +8,9 @@ over a StringTransport.  Keys come from test_key(n) and scrypt uses TEST_SCRYPT.
 from __future__ import annotations
 
 import re
-from collections import deque
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import deferLater
-from twisted.internet.testing import StringTransport
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from socp_tw import crypto, wire
@@ -22,43 +19,8 @@ from socp_tw.client.app import ClientApp
 from socp_tw.client.console import Console
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, RunningServer
-
-PASSWORD = "correct horse battery staple"
-TIMEOUT = 20.0
-
-
-class RecordingUI:
-    """Collects shown lines; answers password prompts from a queue."""
-
-    def __init__(self, passwords: list[str] | None = None) -> None:
-        self.lines: list[str] = []
-        self.prompts: list[str] = []
-        self.passwords = deque(passwords or [])
-
-    def show(self, text: str) -> None:
-        self.lines.extend(text.split("\n"))
-
-    def ask_password(self, prompt: str) -> Deferred:
-        self.prompts.append(prompt)
-        if not self.passwords:
-            raise AssertionError(f"unexpected password prompt {prompt!r}")
-        return succeed(self.passwords.popleft())
-
-    def find(self, pattern: str, start: int = 0) -> str | None:
-        return next((line for line in self.lines[start:] if re.search(pattern, line)), None)
-
-
-@inlineCallbacks
-def wait_until(condition, what: str, timeout: float = TIMEOUT):
-    """Poll ``condition()`` until it is truthy (returned) or fail after ``timeout`` seconds."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield deferLater(reactor, 0.02, lambda: None)
+from socp_tw.test.ui import PASSWORD, RecordingUI, WatchedTransport
+from socp_tw.test.waiting import poll_until, wait_until
 
 
 class ClientE2EBase(TestCase):
@@ -104,49 +66,54 @@ class SingleServerTests(ClientE2EBase):
     def test_register_login_wrong_password_through_the_console(self):
         """The real console: /register, then /login with a wrong and a right password on a new client."""
         server = self.start_server(0)
-        transport = StringTransport()
+        transport = WatchedTransport()
         console = Console(interactive=False)
         app, _ = yield self.start_client(server.url, 1, ui=console)
         console.commands = app.session
         console.makeConnection(transport)
         console.dataReceived(b"/register\n")
-        yield wait_until(lambda: transport.value().endswith(b"Password: "), "the first prompt")
+        yield wait_until(lambda: transport.value().endswith(b"Password: "), what="the first prompt")
         console.dataReceived(f"{PASSWORD}\n".encode())
-        yield wait_until(lambda: transport.value().endswith(b"Repeat password: "), "the second prompt")
+        yield wait_until(lambda: transport.value().endswith(b"Repeat password: "), what="the second prompt")
         console.dataReceived(f"{PASSWORD}\n".encode())
         output = yield wait_until(
-            lambda: re.search(rb"\[LOGIN SUCCESS\] (\S+)\n", transport.value()), "the login after /register"
+            lambda: re.search(rb"\[LOGIN SUCCESS\] (\S+)\n", transport.value()),
+            what="the login after /register",
         )
         user_id = output.group(1).decode()
         self.assertIn(f"Your new user id: {user_id}".encode(), transport.value())
         self.assertIn(f"[REGISTER SUCCESS] {user_id}\n".encode(), transport.value())
         self.assertNotIn(PASSWORD.encode(), transport.value())
         console.dataReceived(b"/list\n")
-        yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), "/list output")
+        yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), what="/list output")
         # The integration guide's "/register then /login": no prompt, and the script's password
         # line after it is not run as a command.
         transport.clear()
         console.dataReceived(f"/login {user_id}\n{PASSWORD}\n/list\n".encode())
-        yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), "the second /list")
+        yield wait_until(lambda: f"* {user_id}  [".encode() in transport.value(), what="the second /list")
         self.assertTrue(transport.value().startswith(f"[LOGIN SUCCESS] {user_id}\nOnline users (".encode()))
         self.assertNotIn(b"Password: ", transport.value())
         self.assertNotIn(b"Commands start with /", transport.value())
         yield app.quit()
 
         # A second device: only the user id and the password.
-        transport2 = StringTransport()
+        transport2 = WatchedTransport()
         console2 = Console(interactive=False)
         app2, _ = yield self.start_client(server.url, 2, ui=console2)
         console2.commands = app2.session
         console2.makeConnection(transport2)
         console2.dataReceived(f"/login {user_id}\nwrong password\n".encode())
-        yield wait_until(lambda: b"[LOGIN FAILED] " in transport2.value(), "the failed login")
+        yield wait_until(lambda: b"[LOGIN FAILED] " in transport2.value(), what="the failed login")
         self.assertIn(b"[LOGIN FAILED] LOGIN_FAILED: ", transport2.value())
         console2.dataReceived(f"/login {user_id}\n{PASSWORD}\n".encode())
-        yield wait_until(lambda: f"[LOGIN SUCCESS] {user_id}\n".encode() in transport2.value(), "the login")
+        yield wait_until(
+            lambda: f"[LOGIN SUCCESS] {user_id}\n".encode() in transport2.value(), what="the login"
+        )
         self.assertEqual(app2.session.user_id, user_id)
-        # The key came from the server's key store, opened locally: it is the registered key.
-        self.assertEqual(crypto.encode_public_key(app2.session._key), crypto.encode_public_key(test_key(1)))
+        # The key came from the server's key store, opened locally: it is the registered key
+        # (the one the server saw it prove in its hello).
+        users = server.service.getServiceNamed("users")
+        self.assertEqual(users.authenticated_key(user_id), crypto.encode_public_key(test_key(1)))
         unknown = wire.new_uuid4()
         app3, ui3 = yield self.start_client(server.url, 3)
         ui3.passwords.append(PASSWORD)
@@ -174,7 +141,7 @@ class SingleServerTests(ClientE2EBase):
             "MSG_DIRECT", alice_id, bob_id, ts, payload, crypto.sign_payload(test_key(1), payload)
         )
         alice.connection.protocol.send(frame)
-        yield wait_until(lambda: alice_ui.find(r"^\[ERROR\] INVALID_SIG: "), "the server's INVALID_SIG")
+        yield wait_until(lambda: alice_ui.find(r"^\[ERROR\] INVALID_SIG: "), what="the server's INVALID_SIG")
 
         # 2. A USER_DELIVER signed by the real server key but with a forged content_sig:
         # the real client protocol gets the bytes and rejects the DM.
@@ -192,7 +159,7 @@ class SingleServerTests(ClientE2EBase):
             lambda: bob_ui.find(
                 rf"^\[WARNING\] rejected DM claiming to be from {alice_id}: invalid signature"
             ),
-            "the rejection",
+            what="the rejection",
         )
         # 3. The same with a valid content_sig but not signed by the server.
         deliver["content_sig"] = crypto.sign_content(
@@ -211,11 +178,11 @@ class SingleServerTests(ClientE2EBase):
         )
         yield wait_until(
             lambda: bob_ui.find(rf"rejected DM claiming to be from {alice_id}: invalid server signature"),
-            "the second rejection",
+            what="the second rejection",
         )
         # A genuine DM still goes through, and the forged text was never shown.
         yield alice.session.tell(bob_id, "the real one")
-        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: the real one$"), "the genuine DM")
+        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: the real one$"), what="the genuine DM")
         self.assertIsNone(bob_ui.find("forged text"))
 
     @inlineCallbacks
@@ -226,12 +193,12 @@ class SingleServerTests(ClientE2EBase):
         alice, alice_ui, _ = yield self.registered_client(server.url, 1)
         bob, bob_ui, bob_id = yield self.registered_client(server.url, 2)
         yield alice.session.tell(bob_id, "are you there?")  # alice now knows bob's key
-        yield wait_until(lambda: bob_ui.find(r"^DM from .*: are you there\?$"), "the first DM")
+        yield wait_until(lambda: bob_ui.find(r"^DM from .*: are you there\?$"), what="the first DM")
         yield bob.quit()
-        yield wait_until(lambda: bob_id not in alice.session.presence, "bob's departure")
+        yield poll_until(lambda: bob_id not in alice.session.presence, "bob's departure")
         yield alice.session.tell(bob_id, "hello? " * 10)
         queued = rf"^DM to {bob_id} queued: {bob_id} is offline; it will be delivered when they come online$"
-        yield wait_until(lambda: alice_ui.find(queued), "the queued line")
+        yield wait_until(lambda: alice_ui.find(queued), what="the queued line")
         # Over a bound: the server says so at once, naming the DM (preview and time sent).
         server.service.getServiceNamed("holding").max_per_recipient = 1
         yield alice.session.tell(bob_id, "one too many")
@@ -239,17 +206,15 @@ class SingleServerTests(ClientE2EBase):
             rf'^\[FAILED\] DM to {bob_id} \("one too many", sent \d\d:\d\d:\d\d\) '
             r"was not delivered: QUEUE_FULL: "
         )
-        yield wait_until(lambda: alice_ui.find(pattern), "the [FAILED] line")
+        yield wait_until(lambda: alice_ui.find(pattern), what="the [FAILED] line")
         # Bob comes back on a new client: the held DM arrives once, marked with its sending time.
-        again, again_ui = yield self.start_client(
-            server.url, 2, pins=bob.pins_path if hasattr(bob, "pins_path") else None
-        )
+        again, again_ui = yield self.start_client(server.url, 2)
         again_ui.passwords.append(PASSWORD)
         yield again.session.login(bob_id)
         held = r"^\[sent \d{4}-\d\d-\d\d \d\d:\d\d\] DM from .*: (hello\? ){9}hello\?"
-        yield wait_until(lambda: again_ui.find(held), "the held DM")
+        yield wait_until(lambda: again_ui.find(held), what="the held DM")
         yield wait_until(
-            lambda: alice_ui.find(rf"^\[DELIVERED\] queued DM to {bob_id} \(\"hello"), "delivered"
+            lambda: alice_ui.find(rf"^\[DELIVERED\] queued DM to {bob_id} \(\"hello"), what="delivered"
         )
         self.assertEqual(len([line for line in again_ui.lines if "DM from" in line]), 1)
 
@@ -261,12 +226,13 @@ class SingleServerTests(ClientE2EBase):
         port = server.port
         yield server.stop()
         yield wait_until(
-            lambda: ui.find(r"^\[DISCONNECTED\] lost the connection to "), "the disconnect report"
+            lambda: ui.find(r"^\[DISCONNECTED\] lost the connection to "), what="the disconnect report"
         )
         mark = len(ui.lines)
         self.start_server(0, extra_args=["--bind", f"ws://127.0.0.1:{port}"], data_dir=server.data_dir)
         yield wait_until(
-            lambda: ui.find(rf"^\[RECONNECTED\] logged in again as {alice_id}$", mark), "the automatic login"
+            lambda: ui.find(rf"^\[RECONNECTED\] logged in again as {alice_id}$", mark),
+            what="the automatic login",
         )
         self.assertTrue(alice.session.logged_in)
         self.assertEqual(ui.prompts, ["Password: ", "Repeat password: "])  # no password asked again
@@ -282,8 +248,8 @@ class TwoServerTests(ClientE2EBase):
         alice, alice_ui, alice_id = yield self.registered_client(server_a.url, 1)
         bob, bob_ui, bob_id = yield self.registered_client(server_b.url, 2)
         # Presence crosses the mesh: each sees the other through the relayed USER_ADVERTISE.
-        yield wait_until(lambda: bob_id in alice.session.presence, "bob's advertise at alice")
-        yield wait_until(lambda: alice_id in bob.session.presence, "alice's advertise at bob")
+        yield poll_until(lambda: bob_id in alice.session.presence, "bob's advertise at alice")
+        yield poll_until(lambda: alice_id in bob.session.presence, "alice's advertise at bob")
 
         mark = len(alice_ui.lines)
         yield alice.session.list_users()
@@ -296,15 +262,19 @@ class TwoServerTests(ClientE2EBase):
         self.assertEqual(listing[1:3], [expected[u] for u in sorted(expected)])
 
         yield alice.session.tell(bob_id, "hello bob, from server A")
-        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: hello bob, from server A$"), "DM A→B")
+        yield wait_until(
+            lambda: bob_ui.find(rf"^DM from {alice_id}: hello bob, from server A$"), what="DM A→B"
+        )
         yield bob.session.tell(alice_id, "hi alice ✓, from server B")
-        yield wait_until(lambda: alice_ui.find(rf"^DM from {bob_id}: hi alice ✓, from server B$"), "DM B→A")
+        yield wait_until(
+            lambda: alice_ui.find(rf"^DM from {bob_id}: hi alice ✓, from server B$"), what="DM B→A"
+        )
 
         # Longer than one RSA block: several MSG_DIRECTs, shown as one message.
         long_text = " ".join(f"word{i}-é" for i in range(400))
         self.assertGreater(len(long_text.encode()), 3 * crypto.OAEP_MAX_PLAINTEXT)
         yield alice.session.tell(bob_id, long_text)
-        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: word0-é"), "the long DM")
+        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: word0-é"), what="the long DM")
         shown = [line for line in bob_ui.lines if line.startswith(f"DM from {alice_id}: ")]
         self.assertEqual(shown[-1], f"DM from {alice_id}: {long_text}")
         self.assertEqual(len(shown), 2)

@@ -26,10 +26,11 @@ from socp_tw.client.app import app_from_options
 from socp_tw.client.connection import tls_failure_reason
 from socp_tw.client.options import Options
 from socp_tw.test import tls_certs
-from socp_tw.test.client.test_e2e import PASSWORD, RecordingUI, wait_until
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import RunningServer
 from socp_tw.test.tls_certs import shared_pki, write_pem
+from socp_tw.test.ui import PASSWORD, RecordingUI
+from socp_tw.test.waiting import wait_until
 
 WSS = "wss://127.0.0.1:8443"
 HEX_PIN = "ab" * 32
@@ -208,7 +209,7 @@ class EndToEndTests(TestCase):
         app, ui = self.start_client(server, *args)
         prefix = f"[DISCONNECTED] cannot connect to {server.url} ("
         line = yield wait_until(
-            lambda: ui.find("^" + prefix.replace("[", r"\[").replace("(", r"\(")), "refusal"
+            lambda: ui.find("^" + prefix.replace("[", r"\[").replace("(", r"\(")), what="refusal"
         )
         self.assertIsNone(ui.find(r"^\[CONNECTED\]"), ui.lines)
         self.assertIsNone(app.connection.protocol)

@@ -22,9 +22,10 @@ from socp_tw.auth.scrypt import TEST_SCRYPT
 from socp_tw.client.app import ClientApp
 from socp_tw.client.files import CHUNK_BYTES
 from socp_tw.content import file_end_preimage
-from socp_tw.test.client.test_e2e import PASSWORD, RecordingUI, wait_until
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer
+from socp_tw.test.ui import PASSWORD, RecordingUI
+from socp_tw.test.waiting import poll_until, wait_until
 
 ALICE_KEY, BOB_KEY = 1, 2
 BOB_SERVER_MAX = 100_000
@@ -45,8 +46,8 @@ class FileTransferE2E(TestCase):
         )
         self.alice, self.alice_ui, self.alice_id, self.alice_dir = yield self.client(self.server_a, ALICE_KEY)
         self.bob, self.bob_ui, self.bob_id, self.bob_dir = yield self.client(self.server_b, BOB_KEY)
-        yield wait_until(lambda: self.bob_id in self.alice.session.presence, "bob's advertise at alice")
-        yield wait_until(lambda: self.alice_id in self.bob.session.presence, "alice's advertise at bob")
+        yield poll_until(lambda: self.bob_id in self.alice.session.presence, "bob's advertise at alice")
+        yield poll_until(lambda: self.alice_id in self.bob.session.presence, "alice's advertise at bob")
 
     @inlineCallbacks
     def client(self, server, key_index: int, stall_timeout: float = 60.0):
@@ -85,15 +86,17 @@ class FileTransferE2E(TestCase):
             rf"^\[FILE\] received {re.escape(name)} from {self.alice_id} -> (.+/received_[0-9a-f-]+) "
             rf"\({path.stat().st_size} bytes, sha256 ok\)$"
         )
-        line = yield wait_until(lambda: self.bob_ui.find(pattern), what, timeout=120)
+        line = yield wait_until(lambda: self.bob_ui.find(pattern), what=what, timeout=120)
         return Path(re.match(pattern, line).group(1))
 
     # ------------------------------------------------------------------ honest transfers
 
     @inlineCallbacks
     def test_sizes_arrive_byte_identical_across_two_servers(self):
-        """0, 1, 446, 447 bytes and 1 MiB: byte-identical, exact lines on both sides, no leftovers."""
-        for size in (0, 1, CHUNK_BYTES, CHUNK_BYTES + 1, 1024 * 1024):
+        """0, 1, 446, 447 bytes and 20 chunks with a short last one (more than the sender's window):
+        byte-identical, exact lines on both sides, no leftovers.  Large files are for
+        bench/file_throughput.py (1 MiB), not the suite."""
+        for size in (0, 1, CHUNK_BYTES, CHUNK_BYTES + 1, 20 * CHUNK_BYTES - 200):
             name = f"f{size}.bin"
             path = self.make_file(name, size)
             yield self.alice.session.send_file(self.bob_id, str(path))
@@ -131,7 +134,7 @@ class FileTransferE2E(TestCase):
         yield self.bob.session.send_file(self.alice_id, str(ok))
         line = yield wait_until(
             lambda: self.alice_ui.find(rf"^\[FILE\] received ok\.bin from {self.bob_id} -> "),
-            "the file at the limit",
+            what="the file at the limit",
         )
         self.assertIn(f"({BOB_SERVER_MAX} bytes, sha256 ok)", line)
 
@@ -181,7 +184,7 @@ class FileTransferE2E(TestCase):
         data = b"not where you think" * 30
         for frame in self.raw_frames(file_id, name, data):
             self.alice.connection.protocol.send(frame)
-        line = yield wait_until(lambda: self.bob_ui.find(r"^\[FILE\] received "), "the hostile name")
+        line = yield wait_until(lambda: self.bob_ui.find(r"^\[FILE\] received "), what="the hostile name")
         target = self.bob_dir / f"received_{file_id}"
         self.assertEqual(
             line,
@@ -207,8 +210,12 @@ class FileTransferE2E(TestCase):
         frames[2] = wire.encode_frame("FILE_CHUNK", chunk.from_, chunk.to, chunk.ts, tampered, "")
         for frame in frames:
             self.alice.connection.protocol.send(frame)
-        yield wait_until(lambda: self.alice_ui.find(r"^\[ERROR\] INVALID_SIG: "), "the server's INVALID_SIG")
-        line = yield wait_until(lambda: self.bob_ui.find(rf"^\[FILE\] transfer {file_id} "), "bob's failure")
+        yield wait_until(
+            lambda: self.alice_ui.find(r"^\[ERROR\] INVALID_SIG: "), what="the server's INVALID_SIG"
+        )
+        line = yield wait_until(
+            lambda: self.bob_ui.find(rf"^\[FILE\] transfer {file_id} "), what="bob's failure"
+        )
         self.assertEqual(
             line,
             f"[FILE] transfer {file_id} (doc.txt) from {self.alice_id} failed: "
@@ -218,7 +225,7 @@ class FileTransferE2E(TestCase):
         file_id = wire.new_uuid4()
         frames = self.raw_frames(file_id, "doc2.txt", os.urandom(2 * CHUNK_BYTES))
         self.alice.connection.protocol.send(frames[0])
-        yield wait_until(lambda: self.bob_ui.find(r"^\[FILE\] receiving doc2\.txt "), "the second start")
+        yield wait_until(lambda: self.bob_ui.find(r"^\[FILE\] receiving doc2\.txt "), what="the second start")
         chunk = wire.parse_envelope(frames[1])
         forged = dict(
             chunk.payload,
@@ -237,7 +244,9 @@ class FileTransferE2E(TestCase):
             ),
             False,
         )
-        line = yield wait_until(lambda: self.bob_ui.find(rf"^\[FILE\] transfer {file_id} "), "the rejection")
+        line = yield wait_until(
+            lambda: self.bob_ui.find(rf"^\[FILE\] transfer {file_id} "), what="the rejection"
+        )
         self.assertEqual(
             line,
             f"[FILE] transfer {file_id} (doc2.txt) from {self.alice_id} failed: "
@@ -247,7 +256,7 @@ class FileTransferE2E(TestCase):
         for frame in frames[1:]:
             self.alice.connection.protocol.send(frame)
         yield self.alice.session.send_file(self.bob_id, str(self.make_file("after.txt", 10)))
-        yield wait_until(lambda: self.bob_ui.find(r"^\[FILE\] received after\.txt "), "a later file")
+        yield wait_until(lambda: self.bob_ui.find(r"^\[FILE\] received after\.txt "), what="a later file")
         self.assertEqual([p.name.startswith("received_") for p in self.bob_dir.iterdir()], [True])
         self.assertEqual(len([line for line in self.bob_ui.lines if "failed" in line]), 2, self.bob_ui.lines)
 
@@ -262,17 +271,21 @@ class FileTransferE2E(TestCase):
         frames = self.raw_frames(file_id, "slow.bin", os.urandom(2 * CHUNK_BYTES))
         for frame in frames[:2]:
             self.alice.connection.protocol.send(frame)
-        yield wait_until(lambda: (self.bob_dir / f".partial_{file_id}").exists(), "the partial file")
-        line = yield wait_until(lambda: self.bob_ui.find(rf"^\[FILE\] transfer {file_id} "), "bob's timeout")
+        yield poll_until(lambda: (self.bob_dir / f".partial_{file_id}").exists(), "the partial file")
+        line = yield wait_until(
+            lambda: self.bob_ui.find(rf"^\[FILE\] transfer {file_id} "), what="bob's timeout"
+        )
         self.assertEqual(
             line,
             f"[FILE] transfer {file_id} (slow.bin) from {self.alice_id} failed: timed out: nothing arrived "
             f"for 1 s (1 of 2 chunks received)",
         )
         self.assertEqual(list(self.bob_dir.iterdir()), [])
-        line = yield wait_until(lambda: self.alice_ui.find(r"^\[ERROR\] TIMEOUT: "), "alice's timeout")
+        line = yield wait_until(lambda: self.alice_ui.find(r"^\[ERROR\] TIMEOUT: "), what="alice's timeout")
         self.assertIn(f"file transfer {file_id} to {self.bob_id} stalled", line)
         self.assertEqual(len(relay), 0)
         # The late rest is refused by the server (the transfer is gone), and Bob ignores nothing new.
         self.alice.connection.protocol.send(frames[2])
-        yield wait_until(lambda: self.alice_ui.find(r"^\[ERROR\] FILE_UNKNOWN: "), "the late chunk refused")
+        yield wait_until(
+            lambda: self.alice_ui.find(r"^\[ERROR\] FILE_UNKNOWN: "), what="the late chunk refused"
+        )

@@ -8,13 +8,11 @@ frames no real client would send (forgeries, hellos all at once).
 from __future__ import annotations
 
 import re
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -24,40 +22,9 @@ from socp_tw.client.app import ClientApp
 from socp_tw.services.store import DB_FILE
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, connect_raw, full_mesh
+from socp_tw.test.ui import PASSWORD, RecordingUI
+from socp_tw.test.waiting import changed, poll_until, wait_until
 from socp_tw.testing import verify_server_frame
-
-PASSWORD = "correct horse battery staple"
-TIMEOUT = 20.0
-
-
-class RecordingUI:
-    """Collects shown lines; answers password prompts from a queue."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.passwords: deque[str] = deque()
-
-    def show(self, text: str) -> None:
-        self.lines.extend(text.split("\n"))
-
-    def ask_password(self, prompt: str) -> Deferred:
-        return succeed(self.passwords.popleft())
-
-    def count(self, line: str) -> int:
-        return self.lines.count(line)
-
-
-@inlineCallbacks
-def eventually(condition, what: str, timeout: float = TIMEOUT):
-    """Poll ``condition()`` until it is truthy (returned) or fail after ``timeout`` seconds."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield deferLater(reactor, 0.02, lambda: None)
 
 
 def public(server: MeshServer):
@@ -103,6 +70,7 @@ class RawUser:
         assert frame["from"] == self.server.server_id, frame
         assert verify_server_frame(frame, self.server.public_key_text), frame
         self.frames.append(frame)
+        changed()
         if frame["type"] == "PUBLIC_CHANNEL_UPDATED":
             payload = frame["payload"]
             if payload["reset"]:
@@ -165,7 +133,7 @@ class PublicChannelE2ETests(TestCase):
         b = MeshServer(self, 1, ["--peer", a.url])
         c = MeshServer(self, 2, ["--peer", b.url])
         servers = [a, b, c]
-        yield eventually(lambda: full_mesh(servers), "a full mesh of 3")
+        yield wait_until(lambda: full_mesh(servers), servers, what="a full mesh of 3")
         return servers
 
     @inlineCallbacks
@@ -209,14 +177,14 @@ class PublicChannelE2ETests(TestCase):
         for server, key_index in ((a, 3), (a, 4), (b, 5), (c, 6)):
             users.append((yield self.client(server, key_index)))
         ids = [user_id for _, _, user_id in users]
-        yield eventually(lambda: converged(servers, 4), "the servers agreeing on 4 members")
-        yield eventually(
+        yield wait_until(lambda: converged(servers, 4), servers, what="the servers agreeing on 4 members")
+        yield poll_until(
             lambda: all(set(app.session.public_members) == set(ids) for app, _, _ in users),
             "every client knowing the 4 members",
         )
         version = public(a).state.version
         self.assertEqual(version, 4)
-        yield eventually(
+        yield poll_until(
             lambda: all(
                 (app.session.public_key_share or {}).get("version") == version for app, _, _ in users
             ),
@@ -241,24 +209,25 @@ class PublicChannelE2ETests(TestCase):
         def got(index: int, sender: int, text: str) -> bool:
             return f"[public] {ids[sender]}: {text}" in users[index][1].lines
 
-        yield eventually(
+        yield wait_until(
             lambda: all(got(i, 0, short) for i in (1, 2, 3)) and all(got(i, 2, long) for i in (0, 1, 3)),
-            "both messages everywhere",
+            what="both messages everywhere",
         )
         # A member who joins later receives later messages, not earlier ones.
         _, late_ui, late_id = yield self.client(b, 7)
-        yield eventually(lambda: late_id in users[1][0].session.public_members, "the late member known")
+        yield poll_until(lambda: late_id in users[1][0].session.public_members, "the late member known")
         yield users[1][0].session.send_all("after the late join")
-        yield eventually(
-            lambda: f"[public] {ids[1]}: after the late join" in late_ui.lines, "the late member's message"
+        yield wait_until(
+            lambda: f"[public] {ids[1]}: after the late join" in late_ui.lines,
+            what="the late member's message",
         )
         # A last message everybody sees flushes anything still in flight: then count.
         yield users[3][0].session.send_all("marker")
-        yield eventually(
+        yield wait_until(
             lambda: (
                 all(got(i, 3, "marker") for i in (0, 1, 2)) and f"[public] {ids[3]}: marker" in late_ui.lines
             ),
-            "the marker",
+            what="the marker",
         )
         for index, (_, ui, user_id) in enumerate(users):
             public_lines = [line for line in ui.lines if line.startswith("[public] ") and ": " in line]
@@ -294,8 +263,8 @@ class PublicChannelE2ETests(TestCase):
         _, carol_ui, carol = yield self.client(b, 3)
         mallory = yield RawUser(self, a, test_key(4)).connect()
         mallory.hello()
-        yield eventually(lambda: mallory.of_type("ACK"), "mallory's hello")
-        yield eventually(lambda: carol in mallory.members, "carol in mallory's view")
+        yield wait_until(lambda: mallory.of_type("ACK"), what="mallory's hello")
+        yield wait_until(lambda: carol in mallory.members, what="carol in mallory's view")
         carol_pub = mallory.members[carol]
         # 1. content_sig made over another ciphertext.
         payload, ts = mallory.public_message(carol, carol_pub, b"forged one")
@@ -314,7 +283,7 @@ class PublicChannelE2ETests(TestCase):
         # 5. To a user who is not a member.
         payload, ts = mallory.public_message(carol, carol_pub, b"forged five")
         mallory.send("MSG_PUBLIC_CHANNEL", payload, to=wire.new_uuid4(), ts=ts)
-        yield eventually(lambda: len(mallory.errors()) == 5, "five errors")
+        yield wait_until(lambda: len(mallory.errors()) == 5, what="five errors")
         self.assertEqual(
             [e["code"] for e in mallory.errors()],
             ["INVALID_SIG", "INVALID_SIG", "BAD_FROM", "BAD_FIELD", "USER_NOT_FOUND"],
@@ -324,7 +293,9 @@ class PublicChannelE2ETests(TestCase):
         # A genuine one after them arrives, alone.
         payload, ts = mallory.public_message(carol, carol_pub, b"genuine")
         mallory.send("MSG_PUBLIC_CHANNEL", payload, to=carol, ts=ts)
-        yield eventually(lambda: f"[public] {mallory.user_id}: genuine" in carol_ui.lines, "the genuine one")
+        yield wait_until(
+            lambda: f"[public] {mallory.user_id}: genuine" in carol_ui.lines, what="the genuine one"
+        )
         self.assertFalse([line for line in carol_ui.lines if "forged" in line])
         self.assertEqual(public(a).counters["routed"], 1)
 
@@ -336,18 +307,18 @@ class PublicChannelE2ETests(TestCase):
         yield DeferredList([user.connect() for user in raw], fireOnOneErrback=True)
         for user in raw:  # all four hellos at once, two servers
             user.hello()
-        yield eventually(lambda: converged(servers, 4), "convergence on 4 members")
+        yield wait_until(lambda: converged(servers, 4), servers, what="convergence on 4 members")
         states = [public(s).state for s in servers]
         self.assertEqual({s.version for s in states}, {4})
         self.assertEqual(set(states[2].members()), {u.user_id for u in raw})
         self.assertEqual(set(states[0].origins), {a.server_id, b.server_id})
-        yield eventually(
+        yield wait_until(
             lambda: all(
                 len(u.members) == 4
                 and [f["payload"]["version"] for f in u.of_type("PUBLIC_CHANNEL_KEY_SHARE")][-1:] == [4]
                 for u in raw
             ),
-            "every user told the members and given its key share",
+            what="every user told the members and given its key share",
         )
         for user in raw:
             shares = user.of_type("PUBLIC_CHANNEL_KEY_SHARE")
@@ -364,31 +335,35 @@ class PublicChannelE2ETests(TestCase):
     def test_version_persisted_across_restart_and_bumped_on_join_and_leave(self):
         a = MeshServer(self, 0)
         b = MeshServer(self, 1, ["--peer", a.url])
-        yield eventually(lambda: full_mesh([a, b]), "A and B linked")
+        yield wait_until(lambda: full_mesh([a, b]), [a, b], what="A and B linked")
         alice_app, _, alice = yield self.client(a, 3)
         bob_app, _, bob = yield self.client(b, 4)
         carol_app, _, carol = yield self.client(b, 5)
-        yield eventually(lambda: converged([a, b], 3), "three members")
+        yield wait_until(lambda: converged([a, b], 3), [a, b], what="three members")
         self.assertEqual(public(a).state.version, 3)
         yield carol_app.quit()  # a leave
-        yield eventually(lambda: converged([a, b], 2) and public(a).state.version == 4, "carol's leave")
-        yield eventually(lambda: alice_app.session.public_version == 4, "alice told of the leave")
+        yield wait_until(
+            lambda: converged([a, b], 2) and public(a).state.version == 4, [a, b], what="carol's leave"
+        )
+        yield poll_until(lambda: alice_app.session.public_version == 4, "alice told of the leave")
         self.assertEqual(set(alice_app.session.public_members), {alice, bob})
         # B stops while Bob is connected: Bob leaves with it, and B remembers.
         yield b.stop()
-        yield eventually(lambda: public(a).state.version == 5, "bob's leave reaching A")
+        yield wait_until(lambda: public(a).state.version == 5, [a], what="bob's leave reaching A")
         yield bob_app.quit()  # no reconnection to B's next incarnation (port 0 might be reused)
         self.assertEqual(set(public(a).state.members()), {alice})
         b2 = MeshServer(self, 1, ["--peer", a.url], data_dir=b.data_dir)
-        yield eventually(lambda: public(b2).ready, "B's state loaded")
+        yield wait_until(lambda: public(b2).ready, [b2], what="B's state loaded")
         self.assertGreaterEqual(public(b2).state.version, 5)  # never reset, never lower
         self.assertEqual(public(b2).state.states[carol].present, False)
-        yield eventually(lambda: full_mesh([a, b2]), "B back in the mesh")
-        yield eventually(lambda: converged([a, b2], 1), "A and B agreeing again")
+        yield wait_until(lambda: full_mesh([a, b2]), [a, b2], what="B back in the mesh")
+        yield wait_until(lambda: converged([a, b2], 1), [a, b2], what="A and B agreeing again")
         self.assertEqual(public(b2).state.version, 5)
         _, _, dave = yield self.client(b2, 6)
-        yield eventually(lambda: converged([a, b2], 2) and public(a).state.version == 6, "dave's join")
-        yield eventually(lambda: dave in alice_app.session.public_members, "alice told of dave")
+        yield wait_until(
+            lambda: converged([a, b2], 2) and public(a).state.version == 6, [a, b2], what="dave's join"
+        )
+        yield poll_until(lambda: dave in alice_app.session.public_members, "alice told of dave")
         self.assertEqual(alice_app.session.public_version, 6)
         lines = "\n".join(self.log_lines)
         self.assertRegex(lines, rf"Public channel: {re.escape(carol)} left \(version 4\)")

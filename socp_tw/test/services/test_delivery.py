@@ -12,7 +12,7 @@ from socp_tw.services.delivery import delivery_ref
 from socp_tw.services.presence import Presence
 from socp_tw.services.router import Router
 from socp_tw.services.userkeys import UserKeys
-from socp_tw.test.test_router import (
+from socp_tw.test.services.test_router import (
     ALICE,
     ALICE_PUB,
     BOB,

@@ -17,9 +17,10 @@ import socp_tw
 from socp_tw import crypto, wire
 from socp_tw.identity import IDENTITY_FILE
 from socp_tw.test.keys import test_key
-from socp_tw.test.servers import MeshServer, connect_raw, prepare_data_dir, reactor, settled, wait_until
+from socp_tw.test.servers import MeshServer, connect_raw, prepare_data_dir, reactor, settled
 from socp_tw.test.services.users.test_users_e2e import RawUser
 from socp_tw.test.test_tap import PROCESS_TIMEOUT, _free_ports, _Twistd
+from socp_tw.test.waiting import wait_until
 
 ALICE_KEY, BOB_KEY = 6, 7
 

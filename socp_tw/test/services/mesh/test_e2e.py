@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 from socp_tw import crypto, wire
 from socp_tw.services.mesh import PEERS_FILE
 from socp_tw.test.keys import test_key, vector_id, vector_key
-from socp_tw.test.servers import MeshServer, connect_raw, full_mesh, reactor, settled, wait_until
+from socp_tw.test.servers import MeshServer, connect_raw, full_mesh, reactor, settled
+from socp_tw.test.waiting import poll_until, wait_until
 from socp_tw.testing import FakeLink, verify_server_frame
 
 USER_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -140,9 +141,7 @@ class MeshE2ETests(TestCase):
             except (OSError, ValueError):
                 return {}
 
-        yield wait_until(
-            lambda: set(stored()) == {b.server_id, c.server_id}, [a], what="peers.json on A lists B and C"
-        )
+        yield poll_until(lambda: set(stored()) == {b.server_id, c.server_id}, "peers.json on A lists B and C")
         self.assertEqual(stored()[b.server_id]["pubkey"], b.public_key_text)
 
     @inlineCallbacks
@@ -280,14 +279,15 @@ class MeshE2ETests(TestCase):
         servers = [a, b, c]
         yield wait_until(lambda: all(self.knows(s, USER_ID, FAKE_ID) for s in servers), servers)
         # In a triangle the advertise reaches B and C twice: each processes it once.
-        yield wait_until(
-            lambda: b.mesh.counters["dropped.duplicate"] + c.mesh.counters["dropped.duplicate"] >= 1, [b, c]
+        yield poll_until(
+            lambda: b.mesh.counters["dropped.duplicate"] + c.mesh.counters["dropped.duplicate"] >= 1,
+            "a duplicate dropped on B or C",
         )
         for server in servers:
             self.assertEqual(server.mesh.counters["gossip.advertise"], 1)
         fake.client.send(sent)  # a replay
         fake.send("HEARTBEAT", {}, to=a.server_id)
-        yield wait_until(lambda: a.mesh.counters["dropped.duplicate"] >= 1, [a])
+        yield poll_until(lambda: a.mesh.counters["dropped.duplicate"] >= 1, "the echo dropped on A")
         self.assertEqual(a.mesh.counters["gossip.advertise"], 1)
         # Nothing the fake server sent came back to it.
         while fake.client.messages.pending:
@@ -328,9 +328,7 @@ class MeshE2ETests(TestCase):
                 crypto.sign_payload(test_key(FAKE_KEY), payload),
             )
         )
-        yield wait_until(
-            lambda: any(f["type"] == "USER_DELIVER" for f in bob_link.frames()), [c], what="delivery"
-        )
+        yield poll_until(lambda: any(f["type"] == "USER_DELIVER" for f in bob_link.frames()), "delivery")
         [delivered] = [f for f in bob_link.frames() if f["type"] == "USER_DELIVER"]
         self.assertEqual(
             (delivered["ts"], delivered["from"], delivered["payload"]["sender"]), (ts, c.server_id, alice)

@@ -13,9 +13,10 @@ from twisted.trial.unittest import TestCase
 
 from socp_tw import crypto, wire
 from socp_tw.test.keys import test_key
-from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled, wait_until
+from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled
+from socp_tw.test.services.mesh.test_e2e import FAKE_ID, FakeServer
 from socp_tw.test.services.users.test_users_e2e import RawUser
-from socp_tw.test.test_mesh_e2e import FAKE_ID, FakeServer
+from socp_tw.test.waiting import poll_until, wait_until
 
 VICTIM_KEY, ATTACKER_KEY, OTHER_KEY = 5, 4, 6
 S_MADE_KEY = 2  # a key the hostile server made for its takeover
@@ -102,9 +103,7 @@ class TrustE2ETests(TestCase):
         invented = wire.new_uuid4()
         key = crypto.encode_public_key(test_key(S_MADE_KEY))
         hostile.send("USER_ADVERTISE", {"user_id": invented, "server_id": self.b.server_id, "pubkey": key})
-        yield wait_until(
-            lambda: self.a.mesh.counters["dropped.not_hosting_server"] == 2, [self.a], what="both dropped"
-        )
+        yield poll_until(lambda: self.a.mesh.counters["dropped.not_hosting_server"] == 2, "both dropped")
         self.assertTrue(self.located(self.a, victim.user_id, self.b.server_id))
         self.assertIsNone(self.a.presence.lookup(invented))
         self.assertIsNone(self.b.presence.lookup(invented))
@@ -182,11 +181,10 @@ class TrustE2ETests(TestCase):
         b_link.transport.pauseProducing()
         b_link.send = lambda frame: None
         self.b.mesh._by_server[self.a.server_id].heartbeat.stop()
-        yield wait_until(
+        yield poll_until(
             lambda: not self.a.mesh.heard_since(self.b.server_id, reactor.seconds() - 0.6),
-            [self.a],
+            "B silent",
             timeout=5,
-            what="B silent",
         )
         _, ts = alice.dm(bob.user_id, b"are you there?", bob.key)
         # Not confirmed in time: held for Bob (its server cannot be reached), and Alice told so.
@@ -206,5 +204,5 @@ class TrustE2ETests(TestCase):
         _, ts = alice.dm(bob.user_id, b"hello", bob.key)
         deliver = yield self.next_of(bob, "USER_DELIVER")
         self.assertEqual(deliver["ts"], ts)
-        yield wait_until(lambda: router.deliveries.counters["confirmed"] == 1, [self.a], what="confirmed")
+        yield poll_until(lambda: router.deliveries.counters["confirmed"] == 1, "confirmed")
         self.assertEqual(len(router.deliveries), 0)

@@ -19,10 +19,10 @@ from twisted.trial.unittest import TestCase
 from socp_tw import crypto, wire
 from socp_tw.services.files import CHUNK_BYTES
 from socp_tw.test.client.test_e2e import ClientE2EBase
-from socp_tw.test.client.test_e2e import wait_until as poll_until
 from socp_tw.test.keys import test_key
-from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled, wait_until
+from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled
 from socp_tw.test.services.users.test_users_e2e import RawUser
+from socp_tw.test.waiting import poll_until, wait_until
 
 ALICE_KEY, BOB_KEY = 6, 7
 
@@ -232,19 +232,19 @@ class RestartTests(ClientE2EBase):
         port, data_dir = b.port, b.data_dir
         yield b.stop()
         yield poll_until(lambda: bob_id not in alice.session.presence, "bob gone for alice")
-        yield poll_until(lambda: bob_ui.find(r"^\[DISCONNECTED\] "), "bob's client noticing")
+        yield wait_until(lambda: bob_ui.find(r"^\[DISCONNECTED\] "), what="bob's client noticing")
         mark = len(bob_ui.lines)
         # B comes back on the same port with its data: it relinks to A and bob's client logs in again.
         b2 = MeshServer(self, 1, data_dir=data_dir, bind=f"ws://127.0.0.1:{port}")
-        yield poll_until(
-            lambda: bob_ui.find(rf"^\[RECONNECTED\] logged in again as {bob_id}$", mark), "relogin"
+        yield wait_until(
+            lambda: bob_ui.find(rf"^\[RECONNECTED\] logged in again as {bob_id}$", mark), what="relogin"
         )
         yield wait_until(lambda: settled([a, b2]), [a, b2], what="A and B linked again")
         yield poll_until(lambda: bob_id in alice.session.presence, "bob back for alice")
         yield poll_until(lambda: alice_id in bob.session.presence, "alice known to bob again")
         yield alice.session.tell(bob_id, "welcome back")
-        yield poll_until(
-            lambda: bob_ui.find(rf"^DM from {alice_id}: welcome back$"), "the DM after the restart"
+        yield wait_until(
+            lambda: bob_ui.find(rf"^DM from {alice_id}: welcome back$"), what="the DM after the restart"
         )
         yield bob.session.tell(alice_id, "thanks")
-        yield poll_until(lambda: alice_ui.find(rf"^DM from {bob_id}: thanks$"), "the reply")
+        yield wait_until(lambda: alice_ui.find(rf"^DM from {bob_id}: thanks$"), what="the reply")

@@ -1,0 +1,1 @@
+"""Tests of ``socp_tw.services.mesh``."""
