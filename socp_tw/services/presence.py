@@ -14,15 +14,11 @@ from typing import Any
 from twisted.application.service import Service
 from zope.interface import implementer
 
-from socp_tw.interfaces import ILink, IPresence, IPresenceObserver
+from socp_tw.interfaces import ILink, IPresence, IPresenceObserver, NameInUse
 from socp_tw.logs import get_logger
 
 #: Default bound on users learnt from other servers: gossip is hostile input too.
 MAX_REMOTE_USERS = 100_000
-
-
-class NameInUse(Exception):
-    """The user id is already connected to this server."""
 
 
 @dataclass

@@ -30,11 +30,11 @@ from socp_tw.interfaces import (
     Unverified,
     UserNotFound,
 )
+from socp_tw.interfaces.users import DIFFERS
 from socp_tw.limits import DEFAULT_LIMITS, check_ts_window
 from socp_tw.logs import get_logger
 from socp_tw.services.delivery import DeliveryTracker, delivery_ref
 from socp_tw.services.outcomes import MAX_HELD_AGE_MS, DeliveryOutcomes
-from socp_tw.services.userkeys import DIFFERS
 
 
 def _discard(result):

@@ -23,10 +23,9 @@ from zope.interface import implementer
 
 from socp_tw import crypto
 from socp_tw.interfaces import IStore, IUserKeys
+from socp_tw.interfaces.users import DIFFERS, FULL, NEW, SAME
 from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.logs import get_logger
-
-NEW, SAME, DIFFERS, FULL = "new", "same", "differs", "full"
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from socp_tw.services.mesh import Mesh
 from socp_tw.services.presence import Presence
 from socp_tw.services.public import PublicChannel
 from socp_tw.services.router import Router
+from socp_tw.services.userkeys import UserKeys
 from socp_tw.services.users import UserSide
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key
@@ -217,6 +218,7 @@ class Server:
         self.signer = FrameSigner(identity, self.workers, now_ms=self.now_ms)
         self.hub = Hub(self.signer, clock=self.clock, limits=OPEN_LIMITS)
         self.presence = Presence(HERE)
+        self.user_keys = UserKeys()
         self.mesh = Mesh(
             self.signer,
             self.hub,
@@ -226,6 +228,7 @@ class Server:
             now_ms=self.now_ms,
             forged_limit=10**9,
             limits=OPEN_LIMITS,
+            user_keys=self.user_keys,
         )
         self.outgoing = FakeOutgoingLinks()
         self.mesh.set_outgoing(self.outgoing)
@@ -242,6 +245,7 @@ class Server:
             self.workers,
             clock=self.clock,
             limits=OPEN_LIMITS,
+            user_keys=self.user_keys,
         )
         self.files = FileRelay(
             self.users,

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from socp_tw import crypto, wire
+from socp_tw.interfaces.users import DIFFERS, FULL
 from socp_tw.services.mesh.pins import KnownServer
 from socp_tw.services.mesh.state import (
     MAX_META_BYTES,
@@ -15,7 +16,6 @@ from socp_tw.services.mesh.state import (
     _parse_address_payload,
     _says_it_acks,
 )
-from socp_tw.services.userkeys import DIFFERS, FULL
 
 
 class Gossip:

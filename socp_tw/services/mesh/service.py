@@ -39,7 +39,6 @@ from socp_tw.services.mesh.relay import Relay
 from socp_tw.services.mesh.seen import SeenCache
 from socp_tw.services.mesh.state import CLAIMED_TYPES, CLOSE_GOING_AWAY, _LinkState
 from socp_tw.services.mesh.verify import Verify
-from socp_tw.services.userkeys import UserKeys
 
 
 @implementer(IPeerLinks, IPeerLinkEvents, IPresenceObserver)
@@ -78,7 +77,7 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
         stop_timeout: float = 10.0,
         now_ms: Callable[[], int] = wire.now_ms,
         limits: Limits = DEFAULT_LIMITS,
-        user_keys: IUserKeys | None = None,
+        user_keys: IUserKeys,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -88,7 +87,7 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
         self._signer = ISigner(signer)
         self._hub = IHub(hub)
         self._presence = IPresence(presence)
-        self._user_keys = IUserKeys(user_keys) if user_keys is not None else UserKeys()
+        self._user_keys = IUserKeys(user_keys)
         self._workers = IWorkers(workers) if workers is not None else None
         self._advertise = advertise
         self.heartbeat_interval = heartbeat_interval

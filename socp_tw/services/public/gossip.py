@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from socp_tw import crypto, wire
 from socp_tw.interfaces import ILink
+from socp_tw.interfaces.users import DIFFERS
 from socp_tw.logs import get_logger
 from socp_tw.services.public.state import (
     MAX_EVENTS_PER_FRAME,
@@ -21,7 +22,6 @@ from socp_tw.services.public.state import (
     parse_event,
     parse_origins,
 )
-from socp_tw.services.userkeys import DIFFERS
 
 if TYPE_CHECKING:
     from socp_tw.services.public.channel import PublicChannel

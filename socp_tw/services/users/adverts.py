@@ -6,7 +6,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from socp_tw.services.presence import UserPresence
 from socp_tw.services.users.state import MAX_CACHED_ADVERTS
 from socp_tw.transport.fanout import sign_for_all
 
@@ -14,7 +13,7 @@ from socp_tw.transport.fanout import sign_for_all
 class _Adverts:
     """IPresenceObserver for :class:`UserSide`: one signed frame per event, replayed after a hello."""
 
-    def user_online(self, entry: UserPresence) -> None:
+    def user_online(self, entry: Any) -> None:
         meta = {**entry.meta, "pubkey": entry.pubkey}
         payload = {
             "user_id": entry.user_id,
@@ -36,7 +35,7 @@ class _Adverts:
 
         frame.addCallback(remember)
 
-    def user_offline(self, entry: UserPresence) -> None:
+    def user_offline(self, entry: Any) -> None:
         self._adverts.pop(entry.user_id, None)
         self._relay("USER_REMOVE", {"user_id": entry.user_id, "server_id": entry.server_id}, entry.user_id)
 

@@ -10,9 +10,8 @@ from twisted.internet.defer import Deferred
 from socp_tw import crypto, wire
 from socp_tw.auth.errors import KeystoreError
 from socp_tw.auth.hello import hello_proof_preimage
-from socp_tw.interfaces import ILink
-from socp_tw.services.presence import NameInUse
-from socp_tw.services.userkeys import DIFFERS
+from socp_tw.interfaces import ILink, NameInUse
+from socp_tw.interfaces.users import DIFFERS
 from socp_tw.services.users.state import (
     MAX_CLIENT_NAME,
     MAX_KEY_TEXT,

@@ -8,7 +8,7 @@ from socp_tw import crypto, wire
 from socp_tw.auth.errors import KeystoreError
 from socp_tw.auth.sealing import parse_keystore
 from socp_tw.auth.verifier import parse_verifier
-from socp_tw.services.userkeys import DIFFERS
+from socp_tw.interfaces.users import DIFFERS
 from socp_tw.services.users.state import MAX_BLOB_TEXT, MAX_KEY_TEXT, _UserLink
 
 

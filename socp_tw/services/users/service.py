@@ -29,7 +29,6 @@ from socp_tw.interfaces import (
 )
 from socp_tw.limits import DEFAULT_LIMITS, BoundedTTLCache, Limits
 from socp_tw.logs import Aggregated, get_logger
-from socp_tw.services.userkeys import UserKeys
 from socp_tw.services.users.adverts import _Adverts
 from socp_tw.services.users.dispatch import _Dispatching
 from socp_tw.services.users.frames import _AuthenticatedFrames
@@ -64,7 +63,8 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         clock=None,
         min_scrypt_n: int = MIN_SCRYPT_N,
         limits: Limits = DEFAULT_LIMITS,
-        user_keys: IUserKeys | None = None,
+        *,
+        user_keys: IUserKeys,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -74,7 +74,7 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         self._store = IStore(store)
         self._signer = ISigner(signer)
         self._workers = IWorkers(workers)
-        self._user_keys = IUserKeys(user_keys) if user_keys is not None else UserKeys()
+        self._user_keys = IUserKeys(user_keys)
         self._refusals = Aggregated(clock, 60.0)
         self._clock = clock
         self._min_scrypt_n = min_scrypt_n

@@ -19,6 +19,7 @@ from socp_tw.services.hub import Hub
 from socp_tw.services.mesh import Mesh
 from socp_tw.services.mesh.dialing import OutgoingLinks, backoff_policy
 from socp_tw.services.presence import Presence
+from socp_tw.services.userkeys import UserKeys
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key
 from socp_tw.testing import FakeLink, RecordingPeerLinkEvents, SynchronousWorkers
@@ -223,6 +224,7 @@ class InMemoryJoinTests(SynchronousTestCase):
             reactor=clock,
             advertise=("127.0.0.1", 9000 + key_index),
             now_ms=lambda: 1_700_000_000_000,
+            user_keys=UserKeys(),
         )
         mesh.startService()
         return hub, mesh

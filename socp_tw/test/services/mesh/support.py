@@ -15,6 +15,7 @@ from socp_tw.identity import ServerIdentity
 from socp_tw.services.hub import Hub
 from socp_tw.services.mesh import Mesh
 from socp_tw.services.presence import Presence
+from socp_tw.services.userkeys import UserKeys
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key, vector_id
 from socp_tw.testing import FakeDialer, FakeLink, FakeOutgoingLinks, SynchronousWorkers
@@ -59,6 +60,7 @@ class Node:
         self.hub = Hub(self.signer)
         self.presence = Presence(server_id)
         kwargs.setdefault("advertise", ("127.0.0.1", port))
+        kwargs.setdefault("user_keys", UserKeys())
         self.mesh = Mesh(self.signer, self.hub, self.presence, reactor=clock, now_ms=self.now_ms, **kwargs)
         self.outgoing = FakeOutgoing()
         self.mesh.set_outgoing(self.outgoing)
