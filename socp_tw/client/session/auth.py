@@ -15,9 +15,9 @@ from socp_tw.auth.login import SrpClient
 from socp_tw.auth.scrypt import ScryptParams
 from socp_tw.auth.sealing import open_private_key, seal_private_key
 from socp_tw.auth.verifier import make_verifier
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import NotConnected, RequestFailed, ServerError, SessionCore
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.session")

@@ -10,10 +10,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import SessionCore
 from socp_tw.client.session.dms import MAX_PARTS, PART_RE
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.session")
@@ -116,7 +116,7 @@ class Inbox(SessionCore):
             done.addCallbacks(
                 self._decrypted,
                 self._undecryptable,
-                callbackArgs=(sender, public),
+                callbackArgs=(sender, public, envelope.ts),
                 errbackArgs=(sender, public),
             )
             return done.addErrback(self._internal_error)
@@ -134,25 +134,36 @@ class Inbox(SessionCore):
         what = "public message" if public else "DM"
         self.show(f"[WARNING] rejected {what} claiming to be from {sender}: {reason}")
 
-    def _show_message(self, sender: str, text: str, public: bool) -> None:
+    def _show_message(self, sender: str, text: str, public: bool, ts: int | None = None) -> None:
+        """``DM from <uuid>: text`` / ``[public] <uuid>: text``, a known name right after the id
+        (``<uuid> (alice)``); the ui puts the (signed) time ``ts`` in front on a terminal."""
+        who = printable(self.names.tag(sender))
         if public:
             self._count("public_received")
-            self.show(f"[public] {sender}: {printable(text)}")
+            self.show_message(f"[public] {who}: {printable(text)}", ts)
         else:
             self._count("dm_received")
-            self.show(f"DM from {sender}: {printable(text)}")
+            self.names.talked.add(sender)
+            self.show_message(f"DM from {who}: {printable(text)}", ts)
 
-    def _decrypted(self, plaintext: bytes, sender: str, public: bool = False) -> None:
+    def _decrypted(self, plaintext: bytes, sender: str, public: bool = False, ts: int | None = None) -> None:
         text = plaintext.decode("utf-8", "replace")
         match = PART_RE.match(text)
         if match is None:
-            self._show_message(sender, text, public)
+            self._show_message(sender, text, public, ts)
             return
         index, count, msg_id = int(match.group(1)), int(match.group(2)), match.group(3)
-        self._add_part(sender, msg_id, index, count, text[match.end() :], public)
+        self._add_part(sender, msg_id, index, count, text[match.end() :], public, ts)
 
     def _add_part(
-        self, sender: str, msg_id: str, index: int, count: int, piece: str, public: bool = False
+        self,
+        sender: str,
+        msg_id: str,
+        index: int,
+        count: int,
+        piece: str,
+        public: bool = False,
+        ts: int | None = None,
     ) -> None:
         slot = (sender, f"public:{msg_id}" if public else msg_id)  # /all and DM parts never mix
         what = "public message" if public else "DM"
@@ -180,7 +191,7 @@ class Inbox(SessionCore):
             partial.timer.cancel()
         self._completed.append(slot)
         text = "".join(partial.parts[i] for i in range(1, count + 1))
-        self._show_message(sender, text, public)
+        self._show_message(sender, text, public, ts)
 
     def _make_room(self, sender: str) -> None:
         mine = [slot for slot in self._partials if slot[0] == sender]

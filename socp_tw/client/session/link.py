@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from socp_tw import wire
-from socp_tw.client.console import printable
 from socp_tw.client.session.core import NotConnected, SessionCore
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 from socp_tw.protocols.links import OrderedSender
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, DeferredList
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import RequestFailed, ServerError, SessionCore
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.session")
@@ -29,12 +29,27 @@ class Peers(SessionCore):
             return
         server_id = payload.get("server_id")
         self.presence[user_id] = server_id if isinstance(server_id, str) else envelope.from_
+        meta = payload.get("meta")
+        self.names.claim(user_id, meta)
         pubkey = payload.get("pubkey")
         if not isinstance(pubkey, str):
-            meta = payload.get("meta")
             pubkey = meta.get("pubkey") if isinstance(meta, dict) else None
         if isinstance(pubkey, str):
             self._saw_key(user_id, pubkey)
+        self._announce(user_id, online=True)
+
+    def _announce(self, user_id: str, online: bool) -> None:
+        """``* alice (577eab50) is online`` / ``offline``, once per change, for users you talked to
+        (a DM either way in this session) or named (``/name``)."""
+        if user_id not in self.names.talked and self.names.petname(user_id) is None:
+            return
+        if online == (user_id in self._announced):
+            return
+        if online:
+            self._announced.add(user_id)
+        else:
+            self._announced.discard(user_id)
+        self.show(f"* {printable(self.names.who(user_id))} is {'online' if online else 'offline'}")
 
     def _on_remove(self, envelope: wire.Envelope) -> None:
         if self._signed_by_server(envelope) is False and envelope.from_ == self.server_id:
@@ -43,6 +58,7 @@ class Peers(SessionCore):
         server_id = envelope.payload.get("server_id")
         if isinstance(user_id, str) and (server_id is None or self.presence.get(user_id) == server_id):
             self.presence.pop(user_id, None)
+            self._announce(user_id, online=False)
 
     def _on_user_list(self, envelope: wire.Envelope) -> None:
         if self._signed_by_server(envelope) is False:
@@ -106,6 +122,8 @@ class Peers(SessionCore):
             self.show(f"[ERROR] /list failed: {printable(str(e))}")
             return
         online.add(self.user_id)
+        for user_id in online:
+            self.names.see(user_id)
         unknown = [u for u in sorted(online) if u != self.user_id and self._known_key(u) is None]
         if unknown and self.logged_in:
             await DeferredList([self._fetch_key(u) for u in unknown[:MAX_LIST_LOOKUPS]], consumeErrors=True)
@@ -120,15 +138,28 @@ class Peers(SessionCore):
         return self._seen_keys.get(user_id) or self.pins.user_key(user_id)
 
     def _list_line(self, user_id: str) -> str:
+        """``  <uuid> (name)  [fp]``: the name is your petname, else the user's claim, else none."""
         if user_id == self.user_id:
-            return f"* {user_id}  [{crypto.fingerprint(self._key)}] (you)"
+            mine = f" ({printable(self.my_name)})" if self.my_name else ""
+            return f"* {user_id}{mine}  [{crypto.fingerprint(self._key)}] (you)"
+        who = printable(self.names.tag(user_id))
         key = self._known_key(user_id)
         if key is None:
-            return f"  {user_id}  [key unknown]"
+            return f"  {who}  [key unknown]"
         check = self.pins.check_user(user_id, key)
         if check.status == CHANGED:
-            return f"  {user_id}  [{check.fingerprint}] KEY CHANGED (pinned [{check.pinned_fingerprint}])"
-        return f"  {user_id}  [{check.fingerprint}]"
+            return f"  {who}  [{check.fingerprint}] KEY CHANGED (pinned [{check.pinned_fingerprint}])"
+        return f"  {who}  [{check.fingerprint}]"
+
+    def set_petname(self, user_id: str, name: str | None) -> None:
+        """``/name <uuid> [<petname>]``: your own name for a user (pins file), or forget it."""
+        self.names.set_petname(user_id, name)
+        if name is None:
+            self.show(f"Forgot your name for {user_id}.")
+        else:
+            claim = self.names.claims.get(user_id)
+            also = f" (they call themselves {printable(claim)})" if claim and claim != name else ""
+            self.show(f"{user_id} is {printable(name)} to you{also}.")
 
     async def _fetch_key(self, user_id: str) -> str | None:
         """PUBKEY_REQUEST → the key the server knows for ``user_id`` (remembered), or None."""
