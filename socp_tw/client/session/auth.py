@@ -70,17 +70,17 @@ class Authentication(SessionCore):
             self.show(f"Your new user id: {user_id}  (keep it: /login needs it)")
             try:
                 first = await self._password("Password: ")
+                if len(first) < MIN_PASSWORD_CHARS:  # refused before the repeat prompt
+                    self.show(
+                        f"[REGISTER FAILED] the password must have at least {MIN_PASSWORD_CHARS} characters"
+                    )
+                    return self._passwords_not_asked(1)
                 second = await self._password("Repeat password: ")
             except Exception as e:
                 self.show(f"[REGISTER FAILED] no password given ({e})")
                 return
             if first != second:
                 self.show("[REGISTER FAILED] the passwords do not match")
-                return
-            if len(first) < MIN_PASSWORD_CHARS:
-                self.show(
-                    f"[REGISTER FAILED] the password must have at least {MIN_PASSWORD_CHARS} characters"
-                )
                 return
             self.show("Generating your key and sealing it with your password...")
             key = await keygen
@@ -337,4 +337,5 @@ class Authentication(SessionCore):
         finally:
             self._auth_busy = False
         _log.info("Logged in again as {user_id} after reconnecting", user_id=user_id)
+        self._outage = False
         self.show(f"[RECONNECTED] logged in again as {user_id}")

@@ -110,6 +110,7 @@ class SessionCore:
         self._want_online = False  # we logged in once: log in again after a reconnect
         self._auth_busy = False
         self._relogin_failures = 0
+        self._outage = False  # a [DISCONNECTED] line is out and no "back" line yet
         self.server_id: str | None = None
         self._server_key: RSAPublicKey | None = None
         pinned = pins.server(server_url)
