@@ -129,6 +129,10 @@ class IPresence(Interface):
     def user_online_local(user_id, pubkey, meta, link):
         """A user completed USER_HELLO on ``link``.  Raises ``NameInUse`` if already local."""
 
+    def update_local_meta(user_id, meta):
+        """A local user's ``meta`` changed: replace it and tell the observers (``user_online``
+        again, so it is re-advertised).  The entry, or None if the user is not local."""
+
     def user_offline_local(user_id, link=None):
         """A local user left (with ``link``: only if that is still its link).  True if removed."""
 
@@ -306,6 +310,10 @@ class IStore(Interface):
     def add_user(user_id, pubkey, privkey_store, pake_password, meta):
         """Insert a registered user; fire True, or False if ``user_id`` already exists
         (registered or pinned)."""
+
+    def update_user_meta(user_id, changes):
+        """Merge ``changes`` into the user's ``meta`` (a None value removes that key); fire
+        True, or False if the id has no row here."""
 
     def pin_user_key(user_id, pubkey):
         """Record a first-use key for an id never registered here (no privkey_store,

@@ -218,6 +218,15 @@ class FakePresence:
         for observer in list(self.observers):
             getattr(observer, method)(entry)
 
+    def update_local_meta(self, user_id: str, meta: dict[str, Any]) -> Any:
+        self.calls.append(("update_local_meta", user_id))
+        entry = self.users.get(user_id)
+        if entry is None or not entry.local:
+            return None
+        entry.meta = dict(meta)
+        self._notify("user_online", entry)
+        return entry
+
     def user_online_local(self, user_id: str, pubkey: str, meta: dict[str, Any], link: ILink) -> Any:
         from socp_tw.services.presence import NameInUse, UserPresence
 
@@ -395,6 +404,15 @@ class MemoryStore:
         self.calls += 1
         row = self.users.get(user_id.lower())
         return succeed(None if row is None else {**row, "meta": json.loads(json.dumps(row["meta"]))})
+
+    def update_user_meta(self, user_id: str, changes: dict[str, Any]) -> Deferred:
+        self.calls += 1
+        row = self.users.get(user_id.lower())
+        if row is None:
+            return succeed(False)
+        merged = {**row["meta"], **changes}
+        row["meta"] = {k: v for k, v in merged.items() if v is not None}
+        return succeed(True)
 
     def add_user(
         self, user_id: str, pubkey: str, privkey_store: str, pake_password: str, meta: dict[str, Any]

@@ -219,6 +219,17 @@ def _add_user(txn, user_id, pubkey, privkey_store, pake_password, meta_json, now
     return txn.rowcount == 1
 
 
+def _update_user_meta(txn, user_id: str, changes: dict[str, Any]) -> bool:
+    txn.execute("SELECT meta FROM users WHERE user_id = ?", (user_id,))
+    row = txn.fetchone()
+    if row is None:
+        return False
+    meta = {**_decode_meta(row[0]), **changes}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    txn.execute("UPDATE users SET meta = ? WHERE user_id = ?", (json.dumps(meta, sort_keys=True), user_id))
+    return True
+
+
 def _pin_user_key(txn, user_id: str, pubkey: str, now: int) -> bool:
     txn.execute(
         "INSERT INTO users (user_id, pubkey, meta, version, created_at) VALUES (?, ?, '{}', 1, ?)"
@@ -439,6 +450,14 @@ class SQLiteStore(Service):
             return fail(ValueError("add_user needs non-empty strings for id, key, key store and verifier"))
         meta_json = json.dumps(meta or {}, sort_keys=True)
         return self._run(_add_user, user_id, pubkey, privkey_store, pake_password, meta_json, self._now_ms())
+
+    def update_user_meta(self, user_id: str, changes: dict[str, Any]) -> Deferred:
+        """Merge ``changes`` into the user's meta (None removes a key); fires False without a row."""
+        try:
+            json.dumps(changes)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        return self._run(_update_user_meta, user_id, dict(changes))
 
     def pin_user_key(self, user_id: str, pubkey: str) -> Deferred:
         if not all(isinstance(v, str) and v for v in (user_id, pubkey)):

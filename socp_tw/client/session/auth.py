@@ -19,6 +19,7 @@ from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import NotConnected, RequestFailed, ServerError, SessionCore
 from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
+from socp_tw.usernames import clean_name
 
 _log = get_logger("socp_tw.client.session")
 
@@ -254,6 +255,7 @@ class Authentication(SessionCore):
         ack = await acked
         self._accept_server_key(ack)
         self.user_id, self._key, self._pub = user_id, key, pub
+        self.my_name = clean_name(ack.payload.get("name"))  # our /nick, as the server keeps it
         self.logged_in = True
         self._want_online = True
         self._relogin_failures = 0

@@ -120,7 +120,7 @@ class SessionCore:
 
         self.presence: dict[str, str] = {}  # user_id -> hosting server id (from relayed gossip)
         self.names = Names(pins)  # known ids, claimed names, petnames
-        self._announced: set[str] = set()  # users whose "is online" line was printed
+        self._announced: set[str] = set()  # users seen online (kept across reconnects: no replayed lines)
         self.my_name: str | None = None  # our /nick, as the server confirmed it
         self._seen_keys: dict[str, str] = {}  # user_id -> latest key the network showed us
         self._warned_keys: set[tuple[str, str]] = set()

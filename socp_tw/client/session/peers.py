@@ -41,14 +41,15 @@ class Peers(SessionCore):
     def _announce(self, user_id: str, online: bool) -> None:
         """``* alice (577eab50) is online`` / ``offline``, once per change, for users you talked to
         (a DM either way in this session) or named (``/name``)."""
-        if user_id not in self.names.talked and self.names.petname(user_id) is None:
-            return
-        if online == (user_id in self._announced):
-            return
+        was_online = user_id in self._announced
         if online:
             self._announced.add(user_id)
         else:
             self._announced.discard(user_id)
+        if online == was_online:
+            return  # a repeat (or the replay after a reconnect)
+        if user_id not in self.names.talked and self.names.petname(user_id) is None:
+            return
         self.show(f"* {printable(self.names.who(user_id))} is {'online' if online else 'offline'}")
 
     def _on_remove(self, envelope: wire.Envelope) -> None:
@@ -126,7 +127,8 @@ class Peers(SessionCore):
             self.names.see(user_id)
         unknown = [u for u in sorted(online) if u != self.user_id and self._known_key(u) is None]
         if unknown and self.logged_in:
-            await DeferredList([self._fetch_key(u) for u in unknown[:MAX_LIST_LOOKUPS]], consumeErrors=True)
+            lookups = [Deferred.fromCoroutine(self._fetch_key(u)) for u in unknown[:MAX_LIST_LOOKUPS]]
+            await DeferredList(lookups, consumeErrors=True)
         lines = [f"Online users ({len(online)}):"]
         for user_id in sorted(online):
             lines.append(self._list_line(user_id))
@@ -150,6 +152,31 @@ class Peers(SessionCore):
         if check.status == CHANGED:
             return f"  {who}  [{check.fingerprint}] KEY CHANGED (pinned [{check.pinned_fingerprint}])"
         return f"  {who}  [{check.fingerprint}]"
+
+    def nick(self, name: str) -> Deferred:
+        """``/nick <name>``: ``USER_SET_META {name}`` to our server, which keeps it and advertises it."""
+        return Deferred.fromCoroutine(self._nick(name)).addErrback(self._internal_error)
+
+    async def _nick(self, name: str) -> None:
+        if not await self._require_online():
+            return
+        acked = self._expect(
+            "ACK", "USER_SET_META", match=lambda e: e.payload.get("msg_ref") == "USER_SET_META"
+        )
+        self._send("USER_SET_META", self.server_id or "*", {"name": name})
+        try:
+            await acked
+        except ServerError as e:
+            if e.code == "UNKNOWN_TYPE":
+                self.show("[ERROR] this server does not keep names (no USER_SET_META)")
+            else:
+                self.show(f"[ERROR] {printable(str(e))}")
+            return
+        except RequestFailed as e:
+            self.show(f"[ERROR] /nick failed: {printable(str(e))}")
+            return
+        self.my_name = name
+        self.show(f"Others now see you as {self.user_id} ({printable(name)}).")
 
     def set_petname(self, user_id: str, name: str | None) -> None:
         """``/name <uuid> [<petname>]``: your own name for a user (pins file), or forget it."""
