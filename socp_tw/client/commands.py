@@ -79,6 +79,9 @@ class CommandLine:
     def show(self, text: str) -> None:
         raise NotImplementedError
 
+    def passwords_not_asked(self, count: int = 1) -> None:
+        raise NotImplementedError
+
     def _handler(self, line: str) -> Callable[[str], Any] | None:
         """The ``do_<name>`` method of a line naming a known command, else None."""
         stripped = line.strip()
@@ -135,15 +138,16 @@ class CommandLine:
 
     def do_register(self, args: str) -> Any:
         if args:
-            return self._usage("register")
+            self._usage("register")
+            return self.passwords_not_asked(2)  # a script's two password lines are not commands
         return maybeDeferred(self.commands.register)
 
     def do_login(self, args: str) -> Any:
         parts = args.split()
-        if len(parts) != 1:
-            return self._usage("login")
-        user_id = self._user(parts[0], "login")
-        return None if user_id is None else maybeDeferred(self.commands.login, user_id)
+        user_id = self._user(parts[0], "login") if len(parts) == 1 else self._usage("login")
+        if user_id is None:
+            return self.passwords_not_asked(1)  # nor is the password line of a refused /login
+        return maybeDeferred(self.commands.login, user_id)
 
     def do_list(self, args: str) -> Any:
         if args:

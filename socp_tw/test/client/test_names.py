@@ -178,6 +178,13 @@ class UserArgumentTests(SynchronousTestCase):
         self.assertEqual(out, "[ERROR] no known user matches nobody (/list shows who is online)\n")
         self.assertNotIn("\x1b", out)
 
+    def test_a_refused_login_drops_the_scripts_password_line(self) -> None:
+        self.console.scripted = True
+        out = self.run_line("/login 577e\ns3cret-password\n/list")
+        self.assertTrue(out.startswith("[ERROR] 577e matches 2 users:"), out)
+        self.assertNotIn("Commands start with /", out)
+        self.assertEqual(self.session.calls, [("list",)])
+
     def test_every_user_command_resolves(self) -> None:
         self.session.trust = lambda u: self.session._call("trust", u)
         self.session.send_file = lambda u, p: self.session._call("file", u, p)
