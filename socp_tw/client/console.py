@@ -304,7 +304,9 @@ class Console(CommandLine, LineReceiver):
 
     def close(self) -> Deferred:
         """Flush what was written and close standard I/O; fires once it is closed."""
-        target = self.editor.terminal if self.editor is not None else self.transport
+        # At the line editor: close stdio under insults, whose own loseConnection would reset
+        # (clear) the terminal and wipe the conversation off the screen.
+        target = self.editor.terminal.transport if self.editor is not None else self.transport
         if self._disconnected or target is None:
             return succeed(None)
         waiter: Deferred = Deferred()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import codecs
 import os
+import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 from twisted.conch import recvline
@@ -86,13 +88,33 @@ class TerminalEcho:
             _log.warn("Could not restore terminal echo")
 
 
-class ChatLine(recvline.HistoricRecvLine):
-    """The input line of a chat client, attached to ``console`` once connected."""
+def cells(text: str) -> int:
+    """How many terminal columns ``text`` takes (wide East Asian characters take two)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
 
-    def __init__(self, console: Any) -> None:
+
+def terminal_width() -> int:
+    """The width of the terminal on standard output (80 when it cannot be told)."""
+    try:
+        return max(os.get_terminal_size(1).columns, 10)
+    except OSError:
+        return 80
+
+
+class ChatLine(recvline.HistoricRecvLine):
+    """The input line of a chat client, attached to ``console`` once connected.
+
+    Every edit redraws the whole input line from where it starts, so a line longer than the
+    terminal is wide (it wraps over several rows) is still drawn right: ``lineBuffer`` holds
+    one character a cell (its UTF-8 bytes), and the cursor is placed by row and column.
+    """
+
+    def __init__(self, console: Any, width: Callable[[], int] = terminal_width) -> None:
         self.console = console
         self.prompt = ""
         self.secret = False
+        self._width = width
+        self._cursor = 0  # columns from the start of the prompt to where the terminal's cursor is
         self._aside: tuple[list[bytes], int] = ([], 0)  # the line typed before a password prompt
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._finished = False
@@ -123,41 +145,63 @@ class ChatLine(recvline.HistoricRecvLine):
         self.console.attach(self)
 
     def initializeScreen(self) -> None:
-        """Keep what is on the screen (recvline would reset it): insert mode, nothing else."""
-        self.setInsertMode()
+        """Keep what is on the screen (recvline would reset it and use insert mode): nothing."""
 
     def finish(self) -> None:
-        """The client is ending: leave insert mode; nothing more is drawn."""
-        if not self._finished:
-            self._finished = True
-            self.setTypeoverMode()
+        """The client is ending: nothing more is drawn."""
+        self._finished = True
 
     # ------------------------------------------------------------ output
 
+    def _text(self, end: int | None = None) -> str:
+        if self.secret:
+            return ""
+        return b"".join(self.lineBuffer[:end]).decode("utf-8", "replace")
+
+    def _goto(self, column: int) -> None:
+        """Move the cursor from ``self._cursor`` to ``column`` (both from the prompt's start)."""
+        width = self._width()
+        (row, _), (to_row, to_col) = divmod(self._cursor, width), divmod(column, width)
+        if to_row < row:
+            self.terminal.cursorUp(row - to_row)
+        elif to_row > row:
+            self.terminal.cursorDown(to_row - row)
+        self.terminal.write(b"\r")
+        if to_col:
+            self.terminal.cursorForward(to_col)
+        self._cursor = column
+
+    def _erase(self) -> None:
+        """Erase the input line (all its rows); the cursor ends where the prompt starts."""
+        self._goto(0)
+        self.terminal.eraseToDisplayEnd()
+
     def drawInputLine(self) -> None:
-        """The prompt and the line typed so far, the cursor where it was (never a password)."""
-        shown = b"" if self.secret else b"".join(self.lineBuffer)
-        self.terminal.write(self.prompt.encode("utf-8", "replace") + shown)
-        back = 0 if self.secret else len(self.lineBuffer) - self.lineBufferIndex
-        if back:
-            self.terminal.cursorBackward(back)
+        """The prompt and the line typed so far from the cursor on, the cursor then put where
+        it belongs (never a password)."""
+        text = self.prompt + self._text()
+        self.terminal.write(text.encode("utf-8", "replace"))
+        end = cells(text)
+        if end and end % self._width() == 0:
+            self.terminal.write(b" \r")  # leave the pending wrap: the cursor is really at the next row
+        self._cursor = end
+        self._goto(cells(self.prompt) + (0 if self.secret else cells(self._text(self.lineBufferIndex))))
 
     def redraw(self) -> None:
         if self._finished or self.console.quitting:
             return
-        self.terminal.write(b"\r")
-        self.terminal.eraseToLineEnd()
+        self._erase()
         self.drawInputLine()
 
     def print_above(self, text: str, redraw: bool = True) -> None:
         """``text`` on lines of its own where the input line was, then the input line again."""
         if self._finished:
             return
-        self.terminal.write(b"\r")
-        self.terminal.eraseToLineEnd()
+        self._erase()
         self.terminal.write(text.encode("utf-8", "replace") + b"\n")
+        self._cursor = 0
         if redraw:
-            self.drawInputLine()
+            self.redraw()
 
     def set_prompt(self, prompt: str, secret: bool = False) -> None:
         """A new prompt; a password prompt puts the half-typed line aside until it is answered."""
@@ -167,15 +211,17 @@ class ChatLine(recvline.HistoricRecvLine):
         elif self.secret and not secret:
             self.lineBuffer, self.lineBufferIndex = self._aside
             self._aside = ([], 0)
+        if self.secret == secret:
+            self._erase()  # the old prompt's width
         self.prompt, self.secret = prompt, secret
         self.redraw()
 
     def status(self, text: str) -> None:
         """A progress line in place of the input line, until the next redraw."""
         if not self._finished:
-            self.terminal.write(b"\r")
-            self.terminal.eraseToLineEnd()
+            self._erase()
             self.terminal.write(text.encode("utf-8", "replace"))
+            self._cursor = cells(text)
 
     # ------------------------------------------------------------- input
 
@@ -198,75 +244,127 @@ class ChatLine(recvline.HistoricRecvLine):
         if name is not None and not self.secret:
             getattr(self, f"handle_{name}")()
 
-    def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
-        if self.secret:
-            self.lineBuffer.append(ch)
-            self.lineBufferIndex = len(self.lineBuffer)
-            return
-        super().characterReceived(ch, moreCharactersComing)
-
-    def handle_BACKSPACE(self) -> None:
-        if self.secret:
-            self.lineBuffer[-1:] = []
-            self.lineBufferIndex = len(self.lineBuffer)
-            return
-        super().handle_BACKSPACE()
-
-    def handle_RETURN(self) -> None:
-        if self.secret:
-            line = b"".join(self.lineBuffer)
-            self.lineBuffer, self.lineBufferIndex = [], 0
-            self.terminal.nextLine()
-            self.console.lineReceived(line)  # not in the history
-        else:
-            super().handle_RETURN()
-        self.redraw()
-
-    def lineReceived(self, line: bytes) -> None:
-        self.console.lineReceived(line)
-
-    def _deliverBuffer(self, buf: bytes) -> None:
-        """A line from the history, one character (not one byte) a cell."""
-        for char in buf.decode("utf-8", "replace"):
-            self.characterReceived(char.encode("utf-8"), True)
-
-    def _replace(self, before: list[bytes], after: list[bytes]) -> None:
+    def _edit(self, before: list[bytes], after: list[bytes]) -> None:
+        """The line is now ``before + after``, the cursor between them: redraw it."""
         self.lineBuffer = before + after
         self.lineBufferIndex = len(before)
         self.redraw()
 
+    def _split(self) -> tuple[list[bytes], list[bytes]]:
+        return self.lineBuffer[: self.lineBufferIndex], self.lineBuffer[self.lineBufferIndex :]
+
+    def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
+        before, after = self._split()
+        if self.secret:
+            self.lineBuffer.append(ch)
+            self.lineBufferIndex = len(self.lineBuffer)
+        elif not after and not moreCharactersComing and self.lineBufferIndex == len(self.lineBuffer):
+            self.lineBuffer.append(ch)  # typing at the end: just echo it
+            self.lineBufferIndex += 1
+            self.terminal.write(ch)
+            self._cursor += cells(ch.decode("utf-8", "replace"))
+            if self._cursor % self._width() == 0:
+                self.terminal.write(b" \r")
+        else:
+            self._edit(before + [ch], after)
+
+    def handle_LEFT(self) -> None:
+        if self.lineBufferIndex > 0:
+            self.lineBufferIndex -= 1
+            self.redraw()
+
+    def handle_RIGHT(self) -> None:
+        if self.lineBufferIndex < len(self.lineBuffer):
+            self.lineBufferIndex += 1
+            self.redraw()
+
+    def handle_HOME(self) -> None:
+        self.lineBufferIndex = 0
+        self.redraw()
+
+    def handle_END(self) -> None:
+        self.lineBufferIndex = len(self.lineBuffer)
+        self.redraw()
+
+    def handle_INSERT(self) -> None:
+        """Always inserting: the Insert key does nothing."""
+
+    def handle_BACKSPACE(self) -> None:
+        before, after = self._split()
+        if before:
+            self._edit(before[:-1], after)
+
+    def handle_DELETE(self) -> None:
+        before, after = self._split()
+        if after:
+            self._edit(before, after[1:])
+
+    def handle_UP(self) -> None:
+        if self.lineBuffer and self.historyPosition == len(self.historyLines):
+            self.historyLines.append(b"".join(self.lineBuffer))
+        if self.historyPosition > 0:
+            self.historyPosition -= 1
+            self._recall(self.historyLines[self.historyPosition])
+
+    def handle_DOWN(self) -> None:
+        if self.historyPosition < len(self.historyLines) - 1:
+            self.historyPosition += 1
+            self._recall(self.historyLines[self.historyPosition])
+        else:
+            self.historyPosition = len(self.historyLines)
+            self._recall(b"")
+
+    def _recall(self, line: bytes) -> None:
+        """A line from the history, one character (not one byte) a cell, the cursor at its end."""
+        self._edit([c.encode("utf-8") for c in line.decode("utf-8", "replace")], [])
+
+    def handle_RETURN(self) -> None:
+        line = b"".join(self.lineBuffer)
+        if line and not self.secret:  # a password never enters the history
+            self.historyLines.append(line)
+        self.historyPosition = len(self.historyLines)
+        self.lineBufferIndex = len(self.lineBuffer)
+        self.redraw()  # the cursor to the end of what was typed
+        self.lineBuffer, self.lineBufferIndex = [], 0
+        self.terminal.write(b"\n")
+        self._cursor = 0
+        self.console.lineReceived(line)
+        self.redraw()
+
     def handle_KILL_START(self) -> None:
-        self._replace([], self.lineBuffer[self.lineBufferIndex :])
+        self._edit([], self._split()[1])
 
     def handle_KILL_END(self) -> None:
-        self._replace(self.lineBuffer[: self.lineBufferIndex], [])
+        self._edit(self._split()[0], [])
 
     def handle_KILL_WORD(self) -> None:
-        before = self.lineBuffer[: self.lineBufferIndex]
+        before, after = self._split()
         while before and before[-1] == b" ":
             before.pop()
         while before and before[-1] != b" ":
             before.pop()
-        self._replace(before, self.lineBuffer[self.lineBufferIndex :])
+        self._edit(before, after)
 
     def handle_CLEAR(self) -> None:
         self.terminal.eraseDisplay()
         self.terminal.cursorHome()
+        self._cursor = 0
         self.drawInputLine()
 
     def handle_TAB(self) -> None:
-        before = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")
+        before = self._text(self.lineBufferIndex)
         grown, candidates = complete_line(before, self.console.names)
         if candidates:
             self.print_above("  ".join(candidates))
         if grown != before:
-            chars = [c.encode("utf-8") for c in grown]
-            self._replace(chars, self.lineBuffer[self.lineBufferIndex :])
+            self._edit([c.encode("utf-8") for c in grown], self._split()[1])
 
     def handle_INTERRUPT(self) -> None:
         """Ctrl-C: a new line (what was typed stays visible), then ``Bye.`` and the end."""
-        self.handle_END()
-        self.terminal.nextLine()
+        self.lineBufferIndex = len(self.lineBuffer)
+        self.redraw()
+        self.terminal.write(b"\n")
+        self._cursor = 0
         self.lineBuffer, self.lineBufferIndex = [], 0
         self.console.interrupt()
 
@@ -277,10 +375,13 @@ class ChatLine(recvline.HistoricRecvLine):
         else:
             self.handle_INTERRUPT()
 
+    def lineReceived(self, line: bytes) -> None:
+        self.console.lineReceived(line)
+
     def connectionLost(self, reason: Any = None) -> None:
         self.console.connectionLost(reason)
 
 
-def terminal_protocol(console: Any) -> insults.ServerProtocol:
+def terminal_protocol(console: Any, width: Callable[[], int] = terminal_width) -> insults.ServerProtocol:
     """The ``stdio.StandardIO`` protocol for a terminal: insults parsing keys for a :class:`ChatLine`."""
-    return insults.ServerProtocol(ChatLine, console)
+    return insults.ServerProtocol(ChatLine, console, width)

@@ -50,22 +50,28 @@ class FakeSession:
 
 
 class TerminalTestBase(SynchronousTestCase):
+    width = 80
+
     def setUp(self) -> None:
         self.session = FakeSession()
         self.names = Names()
         self.now = time.mktime((2026, 12, 8, 14, 30, 0, 0, 0, -1))
         self.console = Console(self.session, names=self.names, clock=lambda: self.now)
         self.session.console = self.console
-        self.server = terminal_protocol(self.console)
+        self.server = terminal_protocol(self.console, lambda: self.width)
         self.wire = StringTransport()
         self.server.makeConnection(self.wire)
         self.editor = self.console.editor
         self.buffer = helper.TerminalBuffer()
+        self.buffer.width = self.width
         self.emulator = insults.ClientProtocol(lambda: self.buffer)
         self.emulator.makeConnection(StringTransport())
         self._sync()
 
+    all_output = b""
+
     def _sync(self) -> None:
+        self.all_output += self.wire.value()
         self.emulator.dataReceived(self.wire.value())
         self.wire.clear()
 
@@ -274,12 +280,20 @@ class ExitTests(TerminalTestBase):
         self.keys(b"/quit\r")
         self.assertEqual(self.screen(), ["> /quit", "Bye."])
 
-    def test_close_leaves_insert_mode(self) -> None:
+    def test_close_keeps_the_screen(self) -> None:
+        """No terminal reset on the way out (insults' own loseConnection would clear the screen)."""
         self.keys(b"/quit\r")
         self.wire.clear()
         self.console.close()
-        self.assertIn(b"\x1b[4l", self.wire.value())
+        self.assertEqual(self.wire.value(), b"")
         self.assertTrue(self.wire.disconnecting)
+        self.assertEqual(self.screen(), ["> /quit", "Bye."])
+
+    def test_no_terminal_modes_are_changed(self) -> None:
+        """recvline's insert mode (IRM) is never switched on, so nothing is left to undo."""
+        self.keys(b"abc" + LEFT + b"X\x1b[2~Y")
+        self.assertEqual(self.typed(), "abXYc")
+        self.assertNotIn(b"\x1b[4h", self.all_output)
 
 
 class CompletionTests(TerminalTestBase):
@@ -335,3 +349,45 @@ class CompletionTests(TerminalTestBase):
     def test_resolved_on_enter(self) -> None:
         self.keys(b"/tell 0b9a hi there\r")
         self.assertEqual(self.session.calls, [("tell", BOB, "hi there")])
+
+
+class WrappedLineTests(TerminalTestBase):
+    """A line longer than the terminal is wide wraps over rows and is still drawn right."""
+
+    width = 20
+
+    def test_typing_past_the_edge_wraps(self) -> None:
+        self.keys(b"x" * 18)  # the prompt and 18 characters fill the row exactly
+        self.assertEqual(self.cursor(), (0, 1))
+        self.keys(b"yz")
+        self.assertEqual(self.screen(), ["> " + "x" * 18, "yz"])
+        self.assertEqual(self.cursor(), (2, 1))
+
+    def test_incoming_line_redraws_every_row(self) -> None:
+        self.keys(b"a" * 18 + b"bbbbb" + LEFT * 3)
+        self.console.show("DM from x: hi")
+        self.assertEqual(self.screen(), ["DM from x: hi", "> " + "a" * 18, "bbbbb"])
+        self.assertEqual(self.cursor(), (2, 2))
+
+    def test_editing_across_the_row_boundary(self) -> None:
+        self.keys(b"a" * 18 + b"bb" + LEFT * 3 + b"X")
+        self.assertEqual(self.typed(), "a" * 17 + "X" + "abb")
+        self.assertEqual(self.screen(), ["> " + "a" * 17 + "X", "abb"])
+        self.assertEqual(self.cursor(), (0, 1))
+        self.keys(b"\x7f\x7f")
+        self.assertEqual(self.screen(), ["> " + "a" * 16 + "ab", "b"])
+        self.keys(HOME)
+        self.assertEqual(self.cursor(), (2, 0))
+        self.keys(END)
+        self.assertEqual(self.cursor(), (1, 1))
+
+    def test_history_recall_of_a_long_line_over_a_short_one(self) -> None:
+        self.keys(b"c" * 30 + b"\r")
+        self.keys(b"short" + UP)
+        self.assertEqual(self.screen()[-2:], ["> " + "c" * 18, "c" * 12])
+        self.keys(DOWN)
+        self.assertEqual(self.screen()[-1], "> short")
+
+    def test_enter_on_a_wrapped_line(self) -> None:
+        self.keys(b"/list " + b"z" * 20 + HOME + b"\r")
+        self.assertEqual(self.screen(), ["> /list " + "z" * 12, "z" * 8, "Usage: /list", ">"])
