@@ -90,7 +90,13 @@ class TerminalEcho:
 
 def cells(text: str) -> int:
     """How many terminal columns ``text`` takes (wide East Asian characters take two)."""
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
+    return sum(_cell(c) for c in text)
+
+
+def _cell(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
 
 
 def terminal_width() -> int:
@@ -266,7 +272,7 @@ class ChatLine(recvline.HistoricRecvLine):
             if self._cursor % self._width() == 0:
                 self.terminal.write(b" \r")
         else:
-            self._edit(before + [ch], after)
+            self._edit([*before, ch], after)
 
     def handle_LEFT(self) -> None:
         if self.lineBufferIndex > 0:
