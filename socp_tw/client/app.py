@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         reactor.callLater(2.0, stop_reactor)
 
     app.on_stopped = stopped
+    reactor.addSystemEventTrigger("before", "shutdown", console.signalled)
     reactor.addSystemEventTrigger("before", "shutdown", app.quit)
     reactor.addSystemEventTrigger("before", "shutdown", console.restore_terminal)
     # Both ends a terminal: the line editor (raw mode); otherwise plain lines, as a script expects.

@@ -282,6 +282,16 @@ class Console(CommandLine, LineReceiver):
         if self.commands is not None:
             maybeDeferred(self.commands.quit).addErrback(self._command_failed)
 
+    def signalled(self) -> Deferred | None:
+        """The process is stopping on a signal (Ctrl-C where the terminal sends SIGINT, i.e. not
+        at the line editor, or a kill): ``Bye.`` once, like every other way out; fires once it
+        is out (the reactor waits for it before it stops)."""
+        if self._quitting:
+            return None
+        self._quitting = True
+        self.show("Bye.")
+        return self.close()
+
     # ------------------------------------------------------- lifecycle
 
     def connectionMade(self) -> None:
