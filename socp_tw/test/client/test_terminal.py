@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from socp_tw.client.console import Console, format_time
 from socp_tw.client.names import Names
 from socp_tw.client.terminal import terminal_protocol
+from socp_tw.test.client.session.fakes import PASSWORD, SessionTestBase
 
 ALICE = "577eab50-1111-4111-8111-111111111111"
 ALICE2 = "577eab99-2222-4222-8222-222222222222"
@@ -391,3 +392,40 @@ class WrappedLineTests(TerminalTestBase):
     def test_enter_on_a_wrapped_line(self) -> None:
         self.keys(b"/list " + b"z" * 20 + HOME + b"\r")
         self.assertEqual(self.screen(), ["> /list " + "z" * 12, "z" * 8, "Usage: /list", ">"])
+
+
+class RecipeAtTheTerminalTests(SessionTestBase):
+    """The guide's recipe typed at the line editor, with the real session (a fake server)."""
+
+    def test_register_then_login_then_tell(self) -> None:
+        _, _, _, bob_id = self.online_user(2)
+        console = Console(clock=lambda: 1_700_000_000.0)
+        session, _ = self.make_session(console)
+        console.commands, console.names = session, session.names
+        wire = StringTransport()
+        server = terminal_protocol(console, lambda: 200)
+        server.makeConnection(wire)
+        buffer = helper.TerminalBuffer()
+        buffer.width = 200
+        emulator = insults.ClientProtocol(lambda: buffer)
+        emulator.makeConnection(StringTransport())
+        self.server.connect(session)
+
+        def keys(data: str) -> list[str]:
+            server.dataReceived(data.encode())
+            emulator.dataReceived(wire.value())
+            wire.clear()
+            return [row.rstrip() for row in bytes(buffer).decode().split("\n") if row.strip()]
+
+        keys("/register\r")
+        keys(PASSWORD + "\r")
+        screen = keys(PASSWORD + "\r")
+        user_id = session.user_id
+        self.assertIn(f"[LOGIN SUCCESS] {user_id}", screen)
+        screen = keys(f"/login {user_id}\r")
+        self.assertEqual(screen[-2:], [f"[LOGIN SUCCESS] {user_id}", ">"])
+        screen = keys(f"/list\r/tell {bob_id[:6]}\thello\r")
+        self.assertIn(f"> /tell {bob_id} hello", screen)
+        self.assertEqual(screen[-2:], [f"DM to {bob_id}: hello", ">"])
+        self.assertNotIn(PASSWORD, "\n".join(screen))
+        self.assertEqual(screen.count("Password:"), 1)
