@@ -30,13 +30,21 @@ class Peers(SessionCore):
         server_id = payload.get("server_id")
         self.presence[user_id] = server_id if isinstance(server_id, str) else envelope.from_
         meta = payload.get("meta")
+        before, was_called = self.names.who(user_id), self.names.claims.get(user_id)
         self.names.claim(user_id, meta)
+        now_called = self.names.claims.get(user_id)
+        if now_called and was_called != now_called and user_id in self._announced and self._follows(user_id):
+            self.show(f"* {printable(before)} now calls themselves {printable(now_called)}")
         pubkey = payload.get("pubkey")
         if not isinstance(pubkey, str):
             pubkey = meta.get("pubkey") if isinstance(meta, dict) else None
         if isinstance(pubkey, str):
             self._saw_key(user_id, pubkey)
         self._announce(user_id, online=True)
+
+    def _follows(self, user_id: str) -> bool:
+        """Whether presence lines are printed for ``user_id``: you DMed each other or named them."""
+        return user_id in self.names.talked or self.names.petname(user_id) is not None
 
     def _announce(self, user_id: str, online: bool) -> None:
         """``* alice (577eab50) is online`` / ``offline``, once per change, for users you talked to
@@ -48,7 +56,7 @@ class Peers(SessionCore):
             self._announced.discard(user_id)
         if online == was_online:
             return  # a repeat (or the replay after a reconnect)
-        if user_id not in self.names.talked and self.names.petname(user_id) is None:
+        if not self._follows(user_id):
             return
         self.show(f"* {printable(self.names.who(user_id))} is {'online' if online else 'offline'}")
 

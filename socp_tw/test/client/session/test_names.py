@@ -131,6 +131,15 @@ class PresenceLineTests(NamesTestBase):
         self.remove(self.bob_id, self.alice_link)
         self.assertEqual(self.alice_ui.lines[-1], f"* bobby ({self.bob_id[:8]}) is offline")
 
+    def test_a_new_name_is_announced(self) -> None:
+        self.successResultOf(self.alice.tell(self.bob_id, "hi"))
+        self.advertise(self.bob_id, "bob", to=[self.alice_link])
+        self.assertEqual(self.alice_ui.lines[-1], f"* {self.bob_id} now calls themselves bob")
+        self.advertise(self.bob_id, "robert", to=[self.alice_link])
+        self.assertEqual(self.alice_ui.lines[-1], f"* bob ({self.bob_id[:8]}) now calls themselves robert")
+        self.advertise(self.bob_id, to=[self.alice_link])  # withdrawn: nothing to say
+        self.assertEqual(len(self.alice_ui.matching(r"^\* ")), 2)
+
     def test_a_reconnect_replays_adverts_silently(self) -> None:
         self.successResultOf(self.alice.tell(self.bob_id, "hi"))
         self.advertise(self.bob_id, to=[self.alice_link])
