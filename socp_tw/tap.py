@@ -117,6 +117,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"--peer-pin: {e}") from None
         self["peer-pin"].setdefault(host, []).append(pin.strip())
 
+    def opt_version(self) -> None:
+        """Print the socp-tw version (not Twisted's) and exit."""
+        from socp_tw import __version__
+
+        print(f"twistd socp (socp-tw) {__version__}")
+        raise SystemExit(0)
+
     def opt_peer(self, url: str) -> None:
         """Another server to join through (repeatable): ws://HOST:PORT or wss://HOST:PORT."""
         try:

@@ -16,10 +16,11 @@ from twisted.python import usage
 from socp_tw import crypto
 from socp_tw.auth.scrypt import DEFAULT_SCRYPT, ScryptParams
 from socp_tw.client.connection import DEFAULT_RETRY_POLICY, Connection
-from socp_tw.client.console import Console, TerminalEcho
+from socp_tw.client.console import Console
 from socp_tw.client.options import Options
 from socp_tw.client.pins import PinFileError, PinStore
 from socp_tw.client.session import ClientSession
+from socp_tw.client.terminal import TerminalEcho, terminal_protocol
 from socp_tw.logs import get_logger
 from socp_tw.workers import ThreadPoolWorkers
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     interactive = sys.stdout.isatty()
     terminal = TerminalEcho.for_stdin()
-    console = Console(interactive=interactive, echo=terminal, editing=terminal is not None)
+    console = Console(interactive=interactive, echo=terminal)
     try:
         app = app_from_options(config, console, reactor)
     except PinFileError as e:
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if config["password-file"] and os.stat(config["password-file"]).st_mode & 0o077:
         sys.stderr.write(f"socp-client: warning: {config['password-file']} is readable by other users\n")
     console.commands = app.session
+    console.names = app.session.names
     console.on_eof = app.quit
 
     def stop_reactor(_: object = None) -> None:
@@ -166,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         reactor.callLater(2.0, stop_reactor)
 
     app.on_stopped = stopped
+    reactor.addSystemEventTrigger("before", "shutdown", console.signalled)
     reactor.addSystemEventTrigger("before", "shutdown", app.quit)
     reactor.addSystemEventTrigger("before", "shutdown", console.restore_terminal)
-    stdio.StandardIO(console, reactor=reactor)
+    # Both ends a terminal: the line editor (raw mode); otherwise plain lines, as a script expects.
+    editing = interactive and terminal is not None and terminal.raw()
+    stdio.StandardIO(terminal_protocol(console) if editing else console, reactor=reactor)
     console.show(f"socp-client: connecting to {config['server']} (type /help for commands)")
     app.startService()
     try:

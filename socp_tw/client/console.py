@@ -1,8 +1,8 @@
-"""The terminal side of ``socp-client``: read commands, print lines, ask for passwords.
+"""The user side of ``socp-client``: read commands, print lines, ask for passwords.
 
-:class:`Console` is a :class:`LineReceiver` for ``stdio.StandardIO``.  It knows nothing
-of networking: it parses ``/commands`` and calls an :class:`ICommands` object (the
-session), which prints through :meth:`Console.show` and asks for passwords through
+:class:`Console` knows nothing of networking: it parses ``/commands``
+(socp_tw/client/commands.py) and calls an :class:`ICommands` object (the session), which
+prints through :meth:`Console.show` and asks for passwords through
 :meth:`Console.ask_password`.
 
 Commands run one at a time, in the order typed: a line that arrives while a command
@@ -11,18 +11,23 @@ that command asked for a password, which the line then answers.  This makes pipe
 scripts deterministic (``/login`` completes before the ``/tell`` after it runs) while
 asynchronous output (incoming messages) keeps flowing.
 
-On a terminal, asynchronous lines are printed as ``"\\r\\x1b[K" + text + "\\n" + prompt``:
-the prompt is redrawn under them.  What the user had typed so far stays in the
-terminal's line buffer and is still sent on Enter (Ctrl-R reprints it).
+Two front ends:
+
+- on a terminal (standard input and output both a tty), the line editor of
+  socp_tw/client/terminal.py (``twisted.conch.recvline``) is *attached*: it hands whole
+  lines to :meth:`lineReceived` and prints everything above the input line, which it
+  redraws intact; incoming messages get a timestamp;
+- otherwise the console is itself the ``stdio.StandardIO`` protocol, a
+  :class:`LineReceiver`: plain lines out, no escape sequences when standard output is not a
+  terminal (``interactive=False``), exactly the lines a script expects.
 """
 
 from __future__ import annotations
 
-import os
-import unicodedata
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -30,7 +35,9 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from socp_tw import wire
+from socp_tw.client.commands import HELP_TEXT, USAGE, CommandLine, ICommands
+from socp_tw.client.names import Names
+from socp_tw.client.text import one_line, printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.console")
@@ -38,139 +45,35 @@ _log = get_logger("socp_tw.client.console")
 PROMPT = "> "
 MAX_LINE_BYTES = 64 * 1024
 
-HELP_TEXT = """Commands:
-  /register                  create an account: prints your new user id, asks for a password twice
-  /login <user_uuid>         log in (asks for the password)
-  /list                      online users, with key fingerprints (* marks you)
-  /tell <user_uuid> <text>   send an end-to-end encrypted direct message
-  /all <text>                send an end-to-end encrypted message to every public channel member
-  /members                   the public channel's members, with key fingerprints
-  /file <user_uuid> <path>   send a file, end-to-end encrypted (other commands wait until it is sent)
-  /trust <user_uuid>         accept a user's CHANGED key (after checking its fingerprint)
-  /help                      this text
-  /quit                      close the connection and exit"""
-
-USAGE = {
-    "register": "Usage: /register",
-    "login": "Usage: /login <user_uuid>",
-    "list": "Usage: /list",
-    "tell": "Usage: /tell <user_uuid> <text>",
-    "all": "Usage: /all <text>",
-    "members": "Usage: /members",
-    "file": "Usage: /file <user_uuid> <path>",
-    "trust": "Usage: /trust <user_uuid>",
-    "help": "Usage: /help",
-    "quit": "Usage: /quit",
-}
-
-
-class ICommands(Protocol):
-    """What the console asks the session to do; each may return a Deferred."""
-
-    def register(self) -> Any: ...
-    def login(self, user_id: str) -> Any: ...
-    def list_users(self) -> Any: ...
-    def tell(self, user_id: str, text: str) -> Any: ...
-    def send_all(self, text: str) -> Any: ...
-    def members(self) -> Any: ...
-    def send_file(self, user_id: str, path: str) -> Any: ...
-    def trust(self, user_id: str) -> Any: ...
-    def quit(self) -> Any: ...
+__all__ = [
+    "HELP_TEXT",
+    "MAX_LINE_BYTES",
+    "PROMPT",
+    "USAGE",
+    "Console",
+    "EndOfInput",
+    "ICommands",
+    "format_time",
+    "one_line",
+    "printable",
+]
 
 
 class EndOfInput(Exception):
     """Standard input closed while a password was expected."""
 
 
-class TerminalEcho:
-    """Switch a terminal's modes (``termios``): echo off for a password, or raw for the line
-    editor; :meth:`restore` puts back what was there before the first change."""
-
-    def __init__(self, fd: int) -> None:
-        import termios
-
-        self._termios = termios
-        self._fd = fd
-        self._saved: list | None = None
-
-    @classmethod
-    def for_stdin(cls) -> TerminalEcho | None:
-        """An echo switch for fd 0 when it is a terminal, else None (then passwords are plain lines)."""
-        try:
-            if os.isatty(0):
-                return cls(0)
-        except (ImportError, OSError):
-            pass
-        return None
-
-    def _change(self, lflag_off: int, what: str) -> bool:
-        termios = self._termios
-        try:
-            attrs = termios.tcgetattr(self._fd)
-            if self._saved is None:
-                self._saved = list(attrs)
-                self._saved[6] = list(attrs[6])
-            attrs[3] &= ~lflag_off
-            attrs[6][termios.VMIN] = 1
-            attrs[6][termios.VTIME] = 0
-            termios.tcsetattr(self._fd, termios.TCSANOW, attrs)
-            return True
-        except (termios.error, OSError):
-            _log.warn("Could not switch the terminal to {what}", what=what)
-            return False
-
-    def disable(self) -> None:
-        """Echo off (line editing left to the terminal): for a password."""
-        self._change(self._termios.ECHO, "no-echo mode")
-
-    def raw(self) -> bool:
-        """Character at a time, no echo (signals such as Ctrl-C still work): for the line editor."""
-        return self._change(self._termios.ECHO | self._termios.ICANON, "character mode")
-
-    def restore(self) -> None:
-        if self._saved is None:
-            return
-        saved, self._saved = self._saved, None
-        try:
-            self._termios.tcsetattr(self._fd, self._termios.TCSANOW, saved)
-        except (self._termios.error, OSError):
-            _log.warn("Could not restore terminal echo")
-
-
-_BIDI_CONTROLS = {"\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"}
-
-
-def printable(text: str) -> str:
-    """``text`` made safe for a terminal: control characters (ESC included) and bidi
-    overrides are shown as ``\\xNN``/``\\uNNNN`` escapes, newlines start an indented line.
-
-    Everything a remote party controls (message text, error details) goes through this,
-    so nobody can move the cursor, recolour or rewrite the user's screen.
-    """
-    out = []
-    for char in text:
-        if char == "\n":
-            out.append("\n    ")
-        elif char == "\t":
-            out.append(char)
-        elif char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def one_line(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters (the last one ``…`` when cut) and escaped like
-    :func:`printable`, with newlines shown as ``\\n``: safe inside one line of output."""
-    shown = text if len(text) <= limit else text[: limit - 1] + "…"
-    return printable(shown).replace("\n    ", "\\n")
+def format_time(ts: float, now: float) -> str:
+    """``HH:MM`` (local time) for a moment of today, ``YYYY-MM-DD HH:MM`` for another day."""
+    when, today = time.localtime(ts), time.localtime(now)
+    if when[:3] == today[:3]:
+        return time.strftime("%H:%M", when)
+    return time.strftime("%Y-%m-%d %H:%M", when)
 
 
 @implementer(IHalfCloseableProtocol)
-class Console(LineReceiver):
-    """Line-oriented stdio protocol: ``do_<command>`` dispatch, prompt redraw, password mode.
+class Console(CommandLine, LineReceiver):
+    """Command queue, prompt and password mode over stdio or an attached line editor.
 
     Half-closeable: the end of standard input (a finished script) does not close standard
     output, so what the remaining commands print still gets out.
@@ -184,23 +87,21 @@ class Console(LineReceiver):
         commands: ICommands | None = None,
         *,
         interactive: bool = True,
-        echo: TerminalEcho | None = None,
+        echo: Any = None,
         prompt: str = PROMPT,
-        editing: bool = False,
         scripted: bool | None = None,
+        names: Names | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.commands = commands
+        self.names = names
         self.interactive = interactive
         # Standard input is a script, not a person (default: no terminal to switch echo on).
         self.scripted = echo is None if scripted is None else scripted
         self._unasked_passwords = 0  # see passwords_not_asked()
         self._echo = echo
-        # Our own line editor (terminal in character mode): the prompt redraw can then show
-        # what the user has typed so far under an incoming line.
-        self.editing = editing and interactive
-        self._buffer = bytearray()
-        self._escape: bytes | None = None
-        self._last_cr = False
+        self._clock = clock
+        self.editor: Any = None  # the terminal line editor, once attached
         self._prompt = prompt
         self._current_prompt = prompt if interactive else ""
         self._lines: deque[str] = deque()
@@ -213,6 +114,19 @@ class Console(LineReceiver):
         self._closed: list[Deferred] = []
         self._disconnected = False
 
+    @property
+    def quitting(self) -> bool:
+        """``/quit``, Ctrl-C or the end of input: no prompt is drawn any more."""
+        return self._quitting
+
+    def attach(self, editor: Any) -> None:
+        """Use ``editor`` (socp_tw/client/terminal.py) for all input and output from now on."""
+        self.editor = editor
+        self.interactive = True
+        self.scripted = False
+        self._current_prompt = self._prompt
+        self._show_prompt()
+
     # ----------------------------------------------------------- output
 
     def _write(self, data: str) -> None:
@@ -221,37 +135,49 @@ class Console(LineReceiver):
 
     def show(self, text: str) -> None:
         """Print ``text`` (one or more lines) above the prompt, then redraw the prompt."""
-        if self.interactive:
-            self._write("\r\x1b[K" + text + "\n" + self._current_prompt + self._typed())
+        if self.editor is not None:
+            self.editor.print_above(text, redraw=not self._quitting)
+        elif self.interactive:
+            self._write("\r\x1b[K" + text + "\n" + ("" if self._quitting else self._current_prompt))
         else:
             self._write(("\n" if self._partial else "") + text + "\n")
             self._partial = False
 
+    def show_message(self, text: str, ts_ms: int | None = None) -> None:
+        """An incoming message: on a terminal with its time in front (``HH:MM``, the date when
+        not today; ``ts_ms`` is the message's own time, else now).  A script gets ``text`` as is."""
+        if self.editor is None:
+            return self.show(text)
+        now = self._clock()
+        when = ts_ms / 1000 if isinstance(ts_ms, int) and 0 < ts_ms / 1000 < now + 300 else now
+        self.show(f"{format_time(when, now)} {text}")
+
     def status(self, text: str) -> None:
         """On a terminal, put ``text`` on the prompt line, replacing what was there (a progress
         line updating in place; the next :meth:`show` or prompt redraw replaces it).  Otherwise nothing."""
-        if self.interactive:
+        if self.editor is not None:
+            self.editor.status(text)
+        elif self.interactive:
             self._write("\r\x1b[K" + text)
 
     def _show_prompt(self) -> None:
-        if self.interactive:
-            self._write("\r\x1b[K" + self._current_prompt + self._typed())
-
-    def _typed(self) -> str:
-        """What the user has typed on the current line, as shown (never a password)."""
-        if not self.editing or self._password_waiters:
-            return ""
-        return self._buffer.decode("utf-8", "replace")
+        if self._quitting:
+            return
+        if self.editor is not None:
+            self.editor.set_prompt(self._current_prompt, secret=bool(self._password_waiters))
+        elif self.interactive:
+            self._write("\r\x1b[K" + self._current_prompt)
 
     # ------------------------------------------------------- passwords
 
     def ask_password(self, prompt: str = "Password: ") -> Deferred:
         """Print ``prompt`` and return the next input line, unechoed on a terminal.
 
-        Lines already typed (piped input) answer at once.  Fails with :class:`EndOfInput`
-        once standard input is closed.
+        Lines already piped in answer at once (not at the line editor: a line typed ahead there
+        was echoed, so it is a command, not a password).  Fails with :class:`EndOfInput` once standard
+        input is closed.
         """
-        if self._lines and not self._password_waiters:
+        if self.editor is None and self._lines and not self._password_waiters:
             self._write(prompt + "\n")
             return succeed(self._lines.popleft())
         if self._eof:
@@ -272,7 +198,7 @@ class Console(LineReceiver):
             self._unasked_passwords = count
 
     def _start_password_prompt(self, prompt: str) -> None:
-        if self._echo is not None and not self.editing:
+        if self._echo is not None and self.editor is None:
             self._echo.disable()
         if self.interactive:
             self._current_prompt = prompt
@@ -283,66 +209,19 @@ class Console(LineReceiver):
 
     def _answer_password(self, line: str) -> None:
         waiter, _ = self._password_waiters.popleft()
-        if self._echo is not None and not self.editing:
+        if self._echo is not None and self.editor is None:
             self._echo.restore()
-        self._write("\n")  # the Enter key was not echoed (or the line came from a pipe)
+        if self.editor is None:
+            self._write("\n")  # the Enter key was not echoed (or the line came from a pipe)
         self._partial = False
         self._current_prompt = self._prompt if self.interactive else ""
         if self._password_waiters:
             self._start_password_prompt(self._password_waiters[0][1])
+        elif self.editor is not None:
+            self._show_prompt()
         waiter.callback(line)
 
     # ---------------------------------------------------------- input
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.editing:
-            super().dataReceived(data)
-            return
-        for byte in data:
-            self._key(byte)
-
-    def _key(self, byte: int) -> None:
-        """The line editor: one input byte in character mode."""
-        if self._escape is not None:  # swallow escape sequences (arrow keys...)
-            if self._escape == b"" and byte in (0x5B, 0x4F):  # "[" or "O"
-                self._escape = b"["
-            elif self._escape == b"" or 0x40 <= byte <= 0x7E:
-                self._escape = None
-            return
-        last_cr, self._last_cr = self._last_cr, byte == 0x0D
-        if byte in (0x0D, 0x0A):
-            if byte == 0x0A and last_cr:
-                return
-            line = bytes(self._buffer)
-            self._buffer.clear()
-            if not self._password_waiters:
-                self._write("\n")
-            self.lineReceived(line)
-        elif byte in (0x7F, 0x08):  # backspace: drop one UTF-8 character
-            while self._buffer and (self._buffer[-1] & 0xC0) == 0x80:
-                self._buffer.pop()
-            if self._buffer:
-                self._buffer.pop()
-            self._show_prompt()
-        elif byte == 0x15:  # Ctrl-U: erase the line
-            self._buffer.clear()
-            self._show_prompt()
-        elif byte == 0x17:  # Ctrl-W: erase a word
-            text = self._buffer.decode("utf-8", "replace").rstrip()
-            self._buffer[:] = text[: len(text) - len(text.split(" ")[-1])].encode("utf-8")
-            self._show_prompt()
-        elif byte == 0x04:  # Ctrl-D on an empty line: end of input
-            if not self._buffer:
-                self.readConnectionLost()
-        elif byte == 0x0C:  # Ctrl-L: clear the screen
-            self._write("\x1b[H\x1b[2J")
-            self._show_prompt()
-        elif byte == 0x1B:
-            self._escape = b""
-        elif byte >= 0x20 and len(self._buffer) < self.MAX_LENGTH:
-            self._buffer.append(byte)
-            if not self._password_waiters and self.transport is not None:
-                self.transport.write(bytes([byte]))
 
     def lineReceived(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
@@ -383,110 +262,39 @@ class Console(LineReceiver):
         self._running = None
         if isinstance(result, Failure):
             self._command_failed(result)
-        if not self._quitting:
-            self._show_prompt()
+        self._show_prompt()
         self._pump()
 
     def _command_failed(self, failure: Failure) -> None:
         _log.failure("Command failed", failure)
         self.show(f"[ERROR] {printable(str(failure.value)) or failure.type.__name__}")
 
-    def _handler(self, line: str) -> Callable[[str], Any] | None:
-        """The ``do_<name>`` method of a line naming a known command, else None."""
-        stripped = line.strip()
-        if not stripped.startswith("/"):
-            return None
-        name = stripped[1:].partition(" ")[0]
-        if not (name.isalnum() and name.isascii()):
-            return None
-        return getattr(self, f"do_{name.lower()}", None)
-
-    def run_line(self, line: str) -> Deferred | None:
-        """Parse one input line and run its command; returns the command's Deferred, if any."""
-        stripped = line.strip()
-        if not stripped:
-            return None
-        if not stripped.startswith("/"):
-            self.show("Commands start with /. To send a message: /tell <user_uuid> <text>. Type /help.")
-            return None
-        name, _, rest = stripped[1:].partition(" ")
-        handler = self._handler(stripped)
-        if handler is None:
-            self.show(f"Unknown command /{printable(name)}. Type /help.")
-            return None
-        try:
-            result = handler(rest.strip())
-        except Exception:
-            return fail()
-        if isinstance(result, Deferred):
-            return result
-        return None
-
-    # ------------------------------------------------------- commands
-
-    def _usage(self, name: str) -> None:
-        self.show(USAGE[name])
-
-    def do_help(self, args: str) -> None:
-        if args:
-            return self._usage("help")
-        self.show(HELP_TEXT)
-
-    def do_register(self, args: str) -> Any:
-        if args:
-            return self._usage("register")
-        return maybeDeferred(self.commands.register)
-
-    def do_login(self, args: str) -> Any:
-        parts = args.split()
-        if len(parts) != 1 or not wire.is_uuid(parts[0]):
-            return self._usage("login")
-        return maybeDeferred(self.commands.login, parts[0].lower())
-
-    def do_list(self, args: str) -> Any:
-        if args:
-            return self._usage("list")
-        return maybeDeferred(self.commands.list_users)
-
-    def do_tell(self, args: str) -> Any:
-        user_id, _, text = args.partition(" ")
-        if not wire.is_uuid(user_id) or not text.strip():
-            return self._usage("tell")
-        return maybeDeferred(self.commands.tell, user_id.lower(), text)
-
-    def do_all(self, args: str) -> Any:
-        if not args.strip():
-            return self._usage("all")
-        return maybeDeferred(self.commands.send_all, args)
-
-    def do_members(self, args: str) -> Any:
-        if args:
-            return self._usage("members")
-        return maybeDeferred(self.commands.members)
-
-    def do_file(self, args: str) -> Any:
-        user_id, _, path = args.partition(" ")
-        if not wire.is_uuid(user_id) or not path.strip():
-            return self._usage("file")
-        return maybeDeferred(self.commands.send_file, user_id.lower(), path.strip())
-
-    def do_trust(self, args: str) -> Any:
-        parts = args.split()
-        if len(parts) != 1 or not wire.is_uuid(parts[0]):
-            return self._usage("trust")
-        return maybeDeferred(self.commands.trust, parts[0].lower())
-
-    def do_quit(self, args: str) -> Any:
-        if args:
-            return self._usage("quit")
+    def interrupt(self) -> None:
+        """Ctrl-C, or Ctrl-D on an empty line, at the terminal: say ``Bye.`` and quit now
+        (a command still running or a pending password prompt is abandoned)."""
+        if self._quitting:
+            return
         self._quitting = True
-        return maybeDeferred(self.commands.quit)
+        self._lines.clear()
+        waiters, self._password_waiters = self._password_waiters, deque()
+        for waiter, _ in waiters:
+            waiter.errback(EndOfInput("interrupted"))
+        if self.commands is not None:
+            maybeDeferred(self.commands.quit).addErrback(self._command_failed)
+
+    def signalled(self) -> Deferred | None:
+        """The process is stopping on a signal (Ctrl-C where the terminal sends SIGINT, i.e. not
+        at the line editor, or a kill): ``Bye.`` once, like every other way out; fires once it
+        is out (the reactor waits for it before it stops)."""
+        if self._quitting:
+            return None
+        self._quitting = True
+        self.show("Bye.")
+        return self.close()
 
     # ------------------------------------------------------- lifecycle
 
     def connectionMade(self) -> None:
-        if self.editing and (self._echo is None or not self._echo.raw()):
-            self.editing = False  # no terminal to edit on: let the terminal do it
         self._show_prompt()
 
     def readConnectionLost(self) -> None:
@@ -506,18 +314,21 @@ class Console(LineReceiver):
 
     def close(self) -> Deferred:
         """Flush what was written and close standard I/O; fires once it is closed."""
-        if self._disconnected or self.transport is None:
+        # At the line editor: close stdio under insults, whose own loseConnection would reset
+        # (clear) the terminal and wipe the conversation off the screen.
+        target = self.editor.terminal.transport if self.editor is not None else self.transport
+        if self._disconnected or target is None:
             return succeed(None)
         waiter: Deferred = Deferred()
         self._closed.append(waiter)
-        self.transport.loseConnection()
+        if self.editor is not None:
+            self.editor.finish()
+        target.loseConnection()
         return waiter
 
     def _input_closed(self) -> None:
         """Restore the terminal; quit once the queued commands are done."""
-        if self._echo is not None:
-            self._echo.restore()
-        self.editing = False
+        self.restore_terminal()
         if self._eof:
             return
         self._eof = True
@@ -537,5 +348,7 @@ class Console(LineReceiver):
 
     def restore_terminal(self) -> None:
         """Give the terminal back as found (echo on); safe to call more than once."""
+        if self.editor is not None:
+            self.editor.finish()
         if self._echo is not None:
             self._echo.restore()

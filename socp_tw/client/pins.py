@@ -15,7 +15,10 @@ Format (version 1)::
      "users":   {"<user uuid>": {"pubkey": "<b64u DER>", "fingerprint": "ab12:cd34:ef56:7890",
                                  "pinned_at": <unix ms>}},
      "servers": {"ws://host:port": {"server_id": "<uuid>", "pubkey": "...", "fingerprint": "...",
-                                    "pinned_at": <unix ms>}}}
+                                    "pinned_at": <unix ms>}},
+     "names":   {"<user uuid>": "<your name for them (/name)>"}}
+
+``names`` is optional (written only when you named somebody).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from socp_tw import crypto, wire
 from socp_tw.privatefile import write_private
+from socp_tw.usernames import clean_name
 
 PINS_VERSION = 1
 _MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -63,6 +67,7 @@ class PinStore:
         self._clock_ms = clock_ms
         self._users: dict[str, dict[str, Any]] = {}
         self._servers: dict[str, dict[str, Any]] = {}
+        self._names: dict[str, str] = {}  # user id -> your own name for them (/name)
         self._load()
 
     # ------------------------------------------------------------------ users
@@ -87,6 +92,28 @@ class PinStore:
         self._users[user_id] = {"pubkey": key, "fingerprint": fp, "pinned_at": self._clock_ms()}
         self._save()
         return fp
+
+    def user_ids(self) -> list[str]:
+        """The ids of every pinned user."""
+        return list(self._users)
+
+    # --------------------------------------------------------------- petnames
+
+    def petname(self, user_id: str) -> str | None:
+        """Your own name for ``user_id`` (``/name``), or None."""
+        return self._names.get(user_id)
+
+    def petnames(self) -> dict[str, str]:
+        return dict(self._names)
+
+    def set_petname(self, user_id: str, name: str | None) -> None:
+        """Set (or with None forget) your name for ``user_id``, persisted at once."""
+        if name is None:
+            if self._names.pop(user_id, None) is None:
+                return
+        else:
+            self._names[user_id] = name
+        self._save()
 
     # ---------------------------------------------------------------- servers
 
@@ -147,6 +174,14 @@ class PinStore:
             self._users[user_id] = self._read_entry(user_id, entry, need_server_id=False)
         for url, entry in servers.items():
             self._servers[url] = self._read_entry(url, entry, need_server_id=True)
+        names = data.get("names", {})
+        if not isinstance(names, dict):
+            raise PinFileError(f"the pins file {str(self.path)!r}: 'names' must be an object")
+        for user_id, name in names.items():
+            cleaned = clean_name(name)
+            if not wire.is_uuid(user_id) or cleaned is None:
+                raise PinFileError(f"the pins file {str(self.path)!r}: bad name entry {user_id!r}")
+            self._names[user_id] = cleaned
 
     def _read_entry(self, name: str, entry: object, need_server_id: bool) -> dict[str, Any]:
         where = f"the pins file {str(self.path)!r}, entry {name!r}"
@@ -169,7 +204,9 @@ class PinStore:
         return result
 
     def _save(self) -> None:
-        data = {"version": PINS_VERSION, "users": self._users, "servers": self._servers}
+        data: dict[str, Any] = {"version": PINS_VERSION, "users": self._users, "servers": self._servers}
+        if self._names:
+            data["names"] = self._names
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -33,6 +33,10 @@ class IPresence(Interface):
     def user_online_local(user_id, pubkey, meta, link):
         """A user completed USER_HELLO on ``link``.  Raises ``NameInUse`` if already local."""
 
+    def update_local_meta(user_id, meta):
+        """A local user's ``meta`` changed: replace it and tell the observers (``user_online``
+        again, so it is re-advertised).  The entry, or None if the user is not local."""
+
     def user_offline_local(user_id, link=None):
         """A local user left (with ``link``: only if that is still its link).  True if removed."""
 

@@ -26,6 +26,10 @@ class IStore(Interface):
         """Insert a registered user; fire True, or False if ``user_id`` already exists
         (registered or pinned)."""
 
+    def update_user_meta(user_id, changes):
+        """Merge ``changes`` into the user's ``meta`` (a None value removes that key); fire
+        True, or False if the id has no row here."""
+
     def pin_user_key(user_id, pubkey):
         """Record a first-use key for an id never registered here (no privkey_store,
         no verifier).  Fire True if pinned now or already pinned to the same key, False if the id

@@ -71,6 +71,15 @@ class Presence(Service):
         self._notify("user_online", entry)
         return entry
 
+    def update_local_meta(self, user_id: str, meta: dict[str, Any]) -> UserPresence | None:
+        """A local user's ``meta`` changed (``USER_SET_META``): observers advertise it again."""
+        entry = self._users.get(user_id)
+        if entry is None or not entry.local:
+            return None
+        entry.meta = dict(meta)
+        self._notify("user_online", entry)
+        return entry
+
     def user_offline_local(self, user_id: str, link: ILink | None = None) -> bool:
         entry = self._users.get(user_id)
         if entry is None or not entry.local or (link is not None and entry.link is not link):

@@ -43,6 +43,15 @@ class FakePresence:
         self._notify("user_online", entry)
         return entry
 
+    def update_local_meta(self, user_id: str, meta: dict[str, Any]) -> Any:
+        self.calls.append(("update_local_meta", user_id))
+        entry = self.users.get(user_id)
+        if entry is None or not entry.local:
+            return None
+        entry.meta = dict(meta)
+        self._notify("user_online", entry)
+        return entry
+
     def user_offline_local(self, user_id: str, link: ILink | None = None) -> bool:
         self.calls.append(("user_offline_local", user_id))
         entry = self.users.get(user_id)

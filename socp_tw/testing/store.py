@@ -63,6 +63,15 @@ class MemoryStore:
         self._insert(user_id, pubkey, None, None, {}, home_server)
         return succeed(True)
 
+    def update_user_meta(self, user_id: str, changes: dict[str, Any]) -> Deferred:
+        self.calls += 1
+        row = self.users.get(user_id.lower())
+        if row is None:
+            return succeed(False)
+        merged = {**row["meta"], **changes}
+        row["meta"] = {k: v for k, v in merged.items() if v is not None}
+        return succeed(True)
+
     def load_group(self, group_id: str) -> Deferred:
         self.calls += 1
         group = self.groups.get(group_id)

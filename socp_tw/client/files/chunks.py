@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.files.base import TransfersBase
 from socp_tw.client.files.jobs import (
     CHUNK_BYTES,
@@ -18,6 +17,7 @@ from socp_tw.client.files.jobs import (
 )
 from socp_tw.client.files.progress import display_name
 from socp_tw.client.files.receive import MAX_SIG_CHARS, Incoming
+from socp_tw.client.text import printable
 from socp_tw.content import file_end_preimage
 from socp_tw.logs import get_logger
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from socp_tw.client.console import one_line
+from socp_tw.client.text import one_line
 
 PROGRESS_INTERVAL = 0.2  # at most 5 progress updates a second
 

@@ -10,11 +10,11 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.files.base import TransfersBase
 from socp_tw.client.files.jobs import chunk_count
 from socp_tw.client.files.progress import display_name
 from socp_tw.client.pins import CHANGED, NEW
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.files")

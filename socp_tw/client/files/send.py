@@ -15,12 +15,12 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.files.base import MAX_RECENT, TransfersBase
 from socp_tw.client.files.jobs import FileChanged, chunk_count, chunk_frame, end_frame, hash_file, start_frame
 from socp_tw.client.files.progress import Progress, display_name
 from socp_tw.client.files.receive import MAX_NAME_CHARS
 from socp_tw.client.pins import CHANGED, NEW
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.files")

@@ -15,10 +15,11 @@ from socp_tw.auth.login import SrpClient
 from socp_tw.auth.scrypt import ScryptParams
 from socp_tw.auth.sealing import open_private_key, seal_private_key
 from socp_tw.auth.verifier import make_verifier
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import NotConnected, RequestFailed, ServerError, SessionCore
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
+from socp_tw.usernames import clean_name
 
 _log = get_logger("socp_tw.client.session")
 
@@ -70,17 +71,17 @@ class Authentication(SessionCore):
             self.show(f"Your new user id: {user_id}  (keep it: /login needs it)")
             try:
                 first = await self._password("Password: ")
+                if len(first) < MIN_PASSWORD_CHARS:  # refused before the repeat prompt
+                    self.show(
+                        f"[REGISTER FAILED] the password must have at least {MIN_PASSWORD_CHARS} characters"
+                    )
+                    return self._passwords_not_asked(1)
                 second = await self._password("Repeat password: ")
             except Exception as e:
                 self.show(f"[REGISTER FAILED] no password given ({e})")
                 return
             if first != second:
                 self.show("[REGISTER FAILED] the passwords do not match")
-                return
-            if len(first) < MIN_PASSWORD_CHARS:
-                self.show(
-                    f"[REGISTER FAILED] the password must have at least {MIN_PASSWORD_CHARS} characters"
-                )
                 return
             self.show("Generating your key and sealing it with your password...")
             key = await keygen
@@ -254,6 +255,7 @@ class Authentication(SessionCore):
         ack = await acked
         self._accept_server_key(ack)
         self.user_id, self._key, self._pub = user_id, key, pub
+        self.my_name = clean_name(ack.payload.get("name"))  # our /nick, as the server keeps it
         self.logged_in = True
         self._want_online = True
         self._relogin_failures = 0
@@ -337,4 +339,5 @@ class Authentication(SessionCore):
         finally:
             self._auth_busy = False
         _log.info("Logged in again as {user_id} after reconnecting", user_id=user_id)
+        self._outage = False
         self.show(f"[RECONNECTED] logged in again as {user_id}")

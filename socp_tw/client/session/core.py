@@ -14,10 +14,11 @@ from twisted.internet.interfaces import IDelayedCall
 
 from socp_tw import crypto, wire
 from socp_tw.auth.scrypt import DEFAULT_SCRYPT, ScryptParams
-from socp_tw.client.console import printable
 from socp_tw.client.files import STALL_TIMEOUT, FileTransfers
+from socp_tw.client.names import Names
 from socp_tw.client.pins import PinStore
 from socp_tw.client.session.sent import SentDMs
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 from socp_tw.transport.sender import OrderedSender
 
@@ -109,6 +110,7 @@ class SessionCore:
         self._want_online = False  # we logged in once: log in again after a reconnect
         self._auth_busy = False
         self._relogin_failures = 0
+        self._outage = False  # a [DISCONNECTED] line is out and no "back" line yet
         self.server_id: str | None = None
         self._server_key: RSAPublicKey | None = None
         pinned = pins.server(server_url)
@@ -117,6 +119,9 @@ class SessionCore:
             self._server_key = crypto.load_public_key(key_text)
 
         self.presence: dict[str, str] = {}  # user_id -> hosting server id (from relayed gossip)
+        self.names = Names(pins)  # known ids, claimed names, petnames
+        self._announced: set[str] = set()  # users seen online (kept across reconnects: no replayed lines)
+        self.my_name: str | None = None  # our /nick, as the server confirmed it
         self._seen_keys: dict[str, str] = {}  # user_id -> latest key the network showed us
         self._warned_keys: set[tuple[str, str]] = set()
         self._inbox: Deferred = succeed(None)  # serialises decryption so DMs show in arrival order
@@ -139,6 +144,14 @@ class SessionCore:
 
     def show(self, text: str) -> None:
         self.ui.show(text)
+
+    def show_message(self, text: str, ts: int | None = None) -> None:
+        """An incoming message's line: a ui that can (the terminal) puts its time in front."""
+        show = getattr(self.ui, "show_message", None)
+        if show is not None:
+            show(text, ts)
+        else:
+            self.ui.show(text)
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from twisted.internet.defer import Deferred, DeferredList
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import RequestFailed, ServerError, SessionCore, signed_frame
+from socp_tw.client.text import printable
 
 # Multi-part DMs (our client's convention, docs/CLIENT.md): a header line inside the
 # plaintext of every part: "[SOCP-PART <index>/<count> id=<16 hex>]\n" (index from 1).
@@ -134,7 +134,8 @@ class DirectMessages(SessionCore):
             return
         self._count("dm_sent")
         suffix = f" ({len(plaintexts)} parts)" if len(plaintexts) > 1 else ""
-        self.show(f"DM to {user_id}{suffix}: {printable(text)}")
+        self.names.talked.add(user_id)
+        self.show(f"DM to {printable(self.names.tag(user_id))}{suffix}: {printable(text)}")
 
     def _dm_status(self, payload: dict) -> None:
         """``ACK {msg_ref: MSG_DIRECT, user_id, ts, status}``: the server holds a DM of ours for a

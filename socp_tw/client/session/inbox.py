@@ -11,10 +11,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import SessionCore
 from socp_tw.client.session.dms import MAX_PARTS, PART_RE
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.session")
@@ -32,7 +32,7 @@ class _Partial:
     parts: dict[int, str] = field(default_factory=dict)
     timer: IDelayedCall | None = None
     public: bool = False  # a public-channel message (/all), not a DM
-    held_ts: int | None = None  # a DM the server held while we were offline: its sending ts
+    held: bool = False  # a DM the server held while we were offline
 
 
 class Inbox(SessionCore):
@@ -112,14 +112,14 @@ class Inbox(SessionCore):
         if public:
             self._public_seen.append((sender, content_sig))
         key = self._key
-        held_ts = envelope.ts if payload.get("held") is True and not public else None
+        held = payload.get("held") is True and not public
 
         def decrypt(_: object) -> Deferred:
             done = self._workers.run(crypto.oaep_decrypt, key, ciphertext)
             done.addCallbacks(
                 self._decrypted,
                 self._undecryptable,
-                callbackArgs=(sender, public, held_ts),
+                callbackArgs=(sender, public, envelope.ts, held),
                 errbackArgs=(sender, public),
             )
             return done.addErrback(self._internal_error)
@@ -137,28 +137,34 @@ class Inbox(SessionCore):
         what = "public message" if public else "DM"
         self.show(f"[WARNING] rejected {what} claiming to be from {sender}: {reason}")
 
-    def _show_message(self, sender: str, text: str, public: bool, held_ts: int | None = None) -> None:
+    def _show_message(
+        self, sender: str, text: str, public: bool, ts: int | None = None, held: bool = False
+    ) -> None:
+        """``DM from <uuid>: text`` / ``[public] <uuid>: text``, a known name right after the id
+        (``<uuid> (alice)``); the ui puts the (signed) time ``ts`` in front on a terminal.  A DM
+        held for us while we were offline says when it was sent: ``[sent YYYY-MM-DD HH:MM]``."""
+        who = printable(self.names.tag(sender))
         if public:
             self._count("public_received")
-            self.show(f"[public] {sender}: {printable(text)}")
-            return
-        self._count("dm_received")
-        # A DM held for us while we were offline says when it was sent (its ts, signed by its sender).
-        sent = (
-            "" if held_ts is None else time.strftime("[sent %Y-%m-%d %H:%M] ", time.localtime(held_ts / 1000))
-        )
-        self.show(f"{sent}DM from {sender}: {printable(text)}")
+            self.show_message(f"[public] {who}: {printable(text)}", ts)
+        else:
+            self._count("dm_received")
+            self.names.talked.add(sender)
+            sent = ""
+            if held and ts is not None:
+                sent = time.strftime("[sent %Y-%m-%d %H:%M] ", time.localtime(ts / 1000))
+            self.show_message(f"{sent}DM from {who}: {printable(text)}", ts)
 
     def _decrypted(
-        self, plaintext: bytes, sender: str, public: bool = False, held_ts: int | None = None
+        self, plaintext: bytes, sender: str, public: bool = False, ts: int | None = None, held: bool = False
     ) -> None:
         text = plaintext.decode("utf-8", "replace")
         match = PART_RE.match(text)
         if match is None:
-            self._show_message(sender, text, public, held_ts)
+            self._show_message(sender, text, public, ts, held)
             return
         index, count, msg_id = int(match.group(1)), int(match.group(2)), match.group(3)
-        self._add_part(sender, msg_id, index, count, text[match.end() :], public, held_ts)
+        self._add_part(sender, msg_id, index, count, text[match.end() :], public, ts, held)
 
     def _add_part(
         self,
@@ -168,7 +174,8 @@ class Inbox(SessionCore):
         count: int,
         piece: str,
         public: bool = False,
-        held_ts: int | None = None,
+        ts: int | None = None,
+        held: bool = False,
     ) -> None:
         slot = (sender, f"public:{msg_id}" if public else msg_id)  # /all and DM parts never mix
         what = "public message" if public else "DM"
@@ -180,7 +187,7 @@ class Inbox(SessionCore):
         partial = self._partials.get(slot)
         if partial is None:
             self._make_room(sender)
-            partial = _Partial(sender, msg_id, count, public=public, held_ts=held_ts)
+            partial = _Partial(sender, msg_id, count, public=public, held=held)
             partial.timer = self._clock.callLater(self._reassembly_timeout, self._partial_expired, slot)
             self._partials[slot] = partial
         elif partial.count != count:
@@ -196,7 +203,7 @@ class Inbox(SessionCore):
             partial.timer.cancel()
         self._completed.append(slot)
         text = "".join(partial.parts[i] for i in range(1, count + 1))
-        self._show_message(sender, text, public, partial.held_ts)
+        self._show_message(sender, text, public, ts, held or partial.held)
 
     def _make_room(self, sender: str) -> None:
         mine = [slot for slot in self._partials if slot[0] == sender]

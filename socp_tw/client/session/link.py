@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from socp_tw import wire
-from socp_tw.client.console import printable
 from socp_tw.client.session.core import NotConnected, SessionCore
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 from socp_tw.transport.sender import OrderedSender
 
@@ -24,7 +24,10 @@ class LinkEvents(SessionCore):
         self._generation += 1
         self._sender = OrderedSender(link.send, "server")
         self.logged_in = False
-        self.show(f"[CONNECTED] {self.server_url}")
+        if not self._want_online:
+            self._outage = False
+        if not self._outage:  # after an outage the [RECONNECTED] line of the login says we're back
+            self.show(f"[CONNECTED] {self.server_url}")
         self._changed()
         if self._want_online and self._key is not None and not self._auth_busy:
             Deferred.fromCoroutine(self._relogin()).addErrback(self._internal_error)
@@ -46,15 +49,26 @@ class LinkEvents(SessionCore):
     def reconnect_scheduled(self, delay: float, reason: str, was_connected: bool) -> None:
         """Report a dropped connection or a failed attempt, and when the next one starts.
 
-        Before the first login nothing is lost when the link drops: servers close links
-        that stay unidentified (ours after 30 s) and the client quietly redials, so an
-        idle prompt isn't flooded with ``[DISCONNECTED]`` lines.
+        One line per outage: the attempts after the first are only logged, until the client
+        is back (``[CONNECTED]``, or ``[RECONNECTED]`` once logged in again).  Before the
+        first login nothing is lost when the link drops: servers close links that stay
+        unidentified (ours after 30 s) and the client quietly redials, so an idle prompt
+        isn't flooded with ``[DISCONNECTED]`` lines.
         """
         if was_connected and not self._want_online:
             _log.debug(
                 "Idle connection to {url} closed ({reason}); redialling", url=self.server_url, reason=reason
             )
             return
+        if self._outage:
+            _log.info(
+                "Still no connection to {url} ({reason}); retrying in {delay:.1f} s",
+                url=self.server_url,
+                reason=reason,
+                delay=delay,
+            )
+            return
+        self._outage = True
         if was_connected:
             self.show(
                 f"[DISCONNECTED] lost the connection to {self.server_url} ({printable(reason)}); "

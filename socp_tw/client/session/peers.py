@@ -6,9 +6,9 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, DeferredList
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import RequestFailed, ServerError, SessionCore
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.session")
@@ -29,12 +29,36 @@ class Peers(SessionCore):
             return
         server_id = payload.get("server_id")
         self.presence[user_id] = server_id if isinstance(server_id, str) else envelope.from_
+        meta = payload.get("meta")
+        before, was_called = self.names.who(user_id), self.names.claims.get(user_id)
+        self.names.claim(user_id, meta)
+        now_called = self.names.claims.get(user_id)
+        if now_called and was_called != now_called and user_id in self._announced and self._follows(user_id):
+            self.show(f"* {printable(before)} now calls themselves {printable(now_called)}")
         pubkey = payload.get("pubkey")
         if not isinstance(pubkey, str):
-            meta = payload.get("meta")
             pubkey = meta.get("pubkey") if isinstance(meta, dict) else None
         if isinstance(pubkey, str):
             self._saw_key(user_id, pubkey)
+        self._announce(user_id, online=True)
+
+    def _follows(self, user_id: str) -> bool:
+        """Whether presence lines are printed for ``user_id``: you DMed each other or named them."""
+        return user_id in self.names.talked or self.names.petname(user_id) is not None
+
+    def _announce(self, user_id: str, online: bool) -> None:
+        """``* alice (577eab50) is online`` / ``offline``, once per change, for users you talked to
+        (a DM either way in this session) or named (``/name``)."""
+        was_online = user_id in self._announced
+        if online:
+            self._announced.add(user_id)
+        else:
+            self._announced.discard(user_id)
+        if online == was_online:
+            return  # a repeat (or the replay after a reconnect)
+        if not self._follows(user_id):
+            return
+        self.show(f"* {printable(self.names.who(user_id))} is {'online' if online else 'offline'}")
 
     def _on_remove(self, envelope: wire.Envelope) -> None:
         if self._signed_by_server(envelope) is False and envelope.from_ == self.server_id:
@@ -43,6 +67,7 @@ class Peers(SessionCore):
         server_id = envelope.payload.get("server_id")
         if isinstance(user_id, str) and (server_id is None or self.presence.get(user_id) == server_id):
             self.presence.pop(user_id, None)
+            self._announce(user_id, online=False)
 
     def _on_user_list(self, envelope: wire.Envelope) -> None:
         if self._signed_by_server(envelope) is False:
@@ -106,9 +131,12 @@ class Peers(SessionCore):
             self.show(f"[ERROR] /list failed: {printable(str(e))}")
             return
         online.add(self.user_id)
+        for user_id in online:
+            self.names.see(user_id)
         unknown = [u for u in sorted(online) if u != self.user_id and self._known_key(u) is None]
         if unknown and self.logged_in:
-            await DeferredList([self._fetch_key(u) for u in unknown[:MAX_LIST_LOOKUPS]], consumeErrors=True)
+            lookups = [Deferred.fromCoroutine(self._fetch_key(u)) for u in unknown[:MAX_LIST_LOOKUPS]]
+            await DeferredList(lookups, consumeErrors=True)
         lines = [f"Online users ({len(online)}):"]
         for user_id in sorted(online):
             lines.append(self._list_line(user_id))
@@ -120,15 +148,53 @@ class Peers(SessionCore):
         return self._seen_keys.get(user_id) or self.pins.user_key(user_id)
 
     def _list_line(self, user_id: str) -> str:
+        """``  <uuid> (name)  [fp]``: the name is your petname, else the user's claim, else none."""
         if user_id == self.user_id:
-            return f"* {user_id}  [{crypto.fingerprint(self._key)}] (you)"
+            mine = f" ({printable(self.my_name)})" if self.my_name else ""
+            return f"* {user_id}{mine}  [{crypto.fingerprint(self._key)}] (you)"
+        who = printable(self.names.tag(user_id))
         key = self._known_key(user_id)
         if key is None:
-            return f"  {user_id}  [key unknown]"
+            return f"  {who}  [key unknown]"
         check = self.pins.check_user(user_id, key)
         if check.status == CHANGED:
-            return f"  {user_id}  [{check.fingerprint}] KEY CHANGED (pinned [{check.pinned_fingerprint}])"
-        return f"  {user_id}  [{check.fingerprint}]"
+            return f"  {who}  [{check.fingerprint}] KEY CHANGED (pinned [{check.pinned_fingerprint}])"
+        return f"  {who}  [{check.fingerprint}]"
+
+    def nick(self, name: str) -> Deferred:
+        """``/nick <name>``: ``USER_SET_META {name}`` to our server, which keeps it and advertises it."""
+        return Deferred.fromCoroutine(self._nick(name)).addErrback(self._internal_error)
+
+    async def _nick(self, name: str) -> None:
+        if not await self._require_online():
+            return
+        acked = self._expect(
+            "ACK", "USER_SET_META", match=lambda e: e.payload.get("msg_ref") == "USER_SET_META"
+        )
+        self._send("USER_SET_META", self.server_id or "*", {"name": name})
+        try:
+            await acked
+        except ServerError as e:
+            if e.code == "UNKNOWN_TYPE":
+                self.show("[ERROR] this server does not keep names (no USER_SET_META)")
+            else:
+                self.show(f"[ERROR] {printable(str(e))}")
+            return
+        except RequestFailed as e:
+            self.show(f"[ERROR] /nick failed: {printable(str(e))}")
+            return
+        self.my_name = name
+        self.show(f"Others now see you as {self.user_id} ({printable(name)}).")
+
+    def set_petname(self, user_id: str, name: str | None) -> None:
+        """``/name <uuid> [<petname>]``: your own name for a user (pins file), or forget it."""
+        self.names.set_petname(user_id, name)
+        if name is None:
+            self.show(f"Forgot your name for {user_id}.")
+        else:
+            claim = self.names.claims.get(user_id)
+            also = f" (they call themselves {printable(claim)})" if claim and claim != name else ""
+            self.show(f"{user_id} is {printable(name)} to you{also}.")
 
     async def _fetch_key(self, user_id: str) -> str | None:
         """PUBKEY_REQUEST → the key the server knows for ``user_id`` (remembered), or None."""

@@ -7,10 +7,10 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from twisted.internet.defer import Deferred, DeferredList
 
 from socp_tw import crypto, wire
-from socp_tw.client.console import printable
 from socp_tw.client.pins import CHANGED, NEW
 from socp_tw.client.session.core import SessionCore
 from socp_tw.client.session.dms import message_frame, parts_to_send
+from socp_tw.client.text import printable
 from socp_tw.logs import get_logger
 
 _log = get_logger("socp_tw.client.session")
@@ -133,6 +133,7 @@ class PublicChannel(SessionCore):
                 continue
             if member == self.user_id or self._saw_key(member, key_text):
                 self.public_members[member] = key_text
+                self.names.see(member)
         for member in removed[:MAX_PUBLIC_MEMBERS]:
             if isinstance(member, str):
                 self.public_members.pop(member, None)

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from socp_tw.client.console import one_line
+from socp_tw.client.text import one_line
 
 MAX_SENT_DMS = 1000  # DMs remembered to name the one a delivery failure is about
 SENT_DM_TTL = 600.0  # ... for at most this many seconds

@@ -76,6 +76,14 @@ class SQLiteStore(Service):
             self._pool.close()
             self._pool = None
 
+    def update_user_meta(self, user_id: str, changes: dict[str, Any]) -> Deferred:
+        """Merge ``changes`` into the user's meta (None removes a key); fires False without a row."""
+        try:
+            json.dumps(changes)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        return self._run(users.update_user_meta, user_id, dict(changes))
+
     def run_interaction(self, interaction: Callable[..., Any], *args: Any) -> Deferred:
         """Run ``interaction(txn, *args)`` on the store's one database thread, in one transaction:
         for a service that keeps its own tables in this database (services/holding/)."""

@@ -89,3 +89,14 @@ def read_user_keys(path: str | Path) -> list[tuple[str, str, str | None, bool]]:
     finally:
         conn.close()
     return [(user_id, pubkey, home, bool(registered)) for user_id, pubkey, home, registered in rows]
+
+
+def update_user_meta(txn, user_id: str, changes: dict[str, Any]) -> bool:
+    txn.execute("SELECT meta FROM users WHERE user_id = ?", (user_id,))
+    row = txn.fetchone()
+    if row is None:
+        return False
+    meta = {**decode_meta(row[0]), **changes}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    txn.execute("UPDATE users SET meta = ? WHERE user_id = ?", (json.dumps(meta, sort_keys=True), user_id))
+    return True

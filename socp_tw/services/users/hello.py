@@ -12,6 +12,7 @@ from socp_tw.auth.errors import KeystoreError
 from socp_tw.auth.hello import hello_proof_preimage
 from socp_tw.interfaces import ILink, NameInUse
 from socp_tw.interfaces.users import DIFFERS
+from socp_tw.services.users.names import stored_name
 from socp_tw.services.users.state import (
     MAX_CLIENT_NAME,
     MAX_KEY_TEXT,
@@ -82,6 +83,9 @@ class _Hello:
     def _hello_user_loaded(self, row: dict | None, state: _UserLink, claim: _HelloClaim):
         if state.closed:
             return None
+        name = stored_name(row)  # the user's /nick, advertised with the presence
+        if name is not None:
+            claim.meta["name"] = name
         pin = self._user_keys.lookup(claim.user_id)
         if pin is not None and pin.home_server is not None:
             return self._hello_of_remote_user(state, claim, pin)
@@ -215,6 +219,7 @@ class _Hello:
                 "msg_ref": "USER_HELLO",
                 "server_id": self._signer.server_id,
                 "server_pub": self._signer.public_key_text,
+                **({"name": claim.meta["name"]} if "name" in claim.meta else {}),
             },
         )
         for user_id, frame in list(self._adverts.items()):

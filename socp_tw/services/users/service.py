@@ -34,6 +34,7 @@ from socp_tw.services.users.dispatch import _Dispatching
 from socp_tw.services.users.frames import _AuthenticatedFrames
 from socp_tw.services.users.hello import _Hello
 from socp_tw.services.users.login import _Login
+from socp_tw.services.users.names import _Names
 from socp_tw.services.users.registration import _Registration
 from socp_tw.services.users.state import (
     AUTH_FRAMES,
@@ -46,7 +47,7 @@ from socp_tw.services.users.state import (
 
 
 @implementer(ILinkHandler, IPresenceObserver, IUserFrames)
-class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames, _Adverts, Service):
+class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames, _Adverts, _Names, Service):
     """Authenticate users and serve their links."""
 
     name = "users"
@@ -99,6 +100,7 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         self.register_user_frame("MSG_DIRECT", self._msg_direct)
         self.register_user_frame("LIST_REQUEST", self._list_request)
         self.register_user_frame("PUBKEY_REQUEST", self._pubkey_request)
+        self.register_user_frame("USER_SET_META", self._set_meta)
         self._hub.claim(AUTH_FRAMES, self)
         self._presence.add_observer(self)
 

@@ -394,3 +394,20 @@ class PrintableTests(SynchronousTestCase):
     def test_text_is_kept(self) -> None:
         self.assertEqual(printable("héllo ✓ 你好\tend"), "héllo ✓ 你好\tend")
         self.assertEqual(printable("one\ntwo"), "one\n    two")
+
+
+class SignalTests(ConsoleTestBase):
+    def test_a_signal_says_bye_once_and_closes(self) -> None:
+        d = self.console.signalled()
+        self.assertEqual(self.output(), "Bye.\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.console.connectionLost(None)
+        self.successResultOf(d)
+        self.assertIsNone(self.console.signalled())
+        self.assertEqual(self.output(), "")
+
+    def test_not_after_quit(self) -> None:
+        self.type(b"/quit\n")
+        self.output()
+        self.assertIsNone(self.console.signalled())
+        self.assertEqual(self.output(), "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from socp_tw import crypto, wire
@@ -282,3 +282,22 @@ class TwoServerTests(ClientE2EBase):
         # Keys were pinned on first contact, on both sides.
         self.assertEqual(alice.pins.user_key(bob_id), crypto.encode_public_key(test_key(2)))
         self.assertEqual(bob.pins.user_key(alice_id), crypto.encode_public_key(test_key(1)))
+
+    @inlineCallbacks
+    def test_nick_crosses_the_mesh(self):
+        """/nick on server A: a user on server B sees the name beside the id (EXTENSIONS §13)."""
+        server_a = MeshServer(self, 0)
+        server_b = MeshServer(self, 4, extra_args=["--peer", server_a.url])
+        alice, alice_ui, alice_id = yield self.registered_client(server_a.url, 1)
+        bob, bob_ui, bob_id = yield self.registered_client(server_b.url, 2)
+        yield wait_until(lambda: alice_id in bob.session.presence, "alice's advertise at bob")
+        yield alice.session.nick("alice")
+        self.assertEqual(alice_ui.lines[-1], f"Others now see you as {alice_id} (alice).")
+        yield wait_until(lambda: bob.session.names.label(alice_id) == "alice", "the name at bob")
+        yield alice.session.tell(bob_id, "hi")
+        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id} \(alice\): hi$"), "the named DM")
+        # Another client of alice's learns its own name from the hello.
+        yield alice.quit()
+        again, _ui = yield self.start_client(server_a.url, 1)
+        yield Deferred.fromCoroutine(again.session._login_with_key(alice_id, test_key(1), None, None))
+        self.assertEqual(again.session.my_name, "alice")

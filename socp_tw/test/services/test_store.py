@@ -65,6 +65,17 @@ class StoreContractMixin:
         self.assertIsNone((yield self.store.get_user(BOB)))
 
     @inlineCallbacks
+    def test_update_user_meta(self):
+        """USER_SET_META's store: keys merged in, a None value removes one, no row is False."""
+        yield self.store.add_user(ALICE, KEY_A, STORE_BLOB, VERIFIER, {"a": 1})
+        self.assertIs((yield self.store.update_user_meta(ALICE, {"name": "alice"})), True)
+        self.assertEqual((yield self.store.get_user(ALICE))["meta"], {"a": 1, "name": "alice"})
+        self.assertIs((yield self.store.update_user_meta(ALICE, {"name": None})), True)
+        self.assertEqual((yield self.store.get_user(ALICE))["meta"], {"a": 1})
+        self.assertIs((yield self.store.update_user_meta(BOB, {"name": "bob"})), False)
+        self.assertIsNone((yield self.store.get_user(BOB)))
+
+    @inlineCallbacks
     def test_results_are_copies(self):
         yield self.store.add_user(ALICE, KEY_A, STORE_BLOB, VERIFIER, {"a": 1})
         user = yield self.store.get_user(ALICE)

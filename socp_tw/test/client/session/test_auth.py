@@ -55,8 +55,29 @@ class RegisterTests(SessionTestBase):
         session, ui = self.make_session(FakeUI(["short", "short"]))
         link = self.server.connect(session)
         self.successResultOf(session.register())
-        self.assertTrue(ui.matching(r"^\[REGISTER FAILED\] the password must have at least 8"))
+        self.assertEqual(ui.lines[-1], "[REGISTER FAILED] the password must have at least 8 characters")
+        self.assertEqual(ui.prompts, ["Password: "])  # refused before the repeat prompt
         self.assertEqual(link.sent, [])
+
+    def test_short_password_in_a_script_drops_the_repeat_line(self) -> None:
+        """The script's repeat line is dropped, never run as a command (Console.passwords_not_asked)."""
+        from twisted.internet.testing import StringTransport
+
+        from socp_tw.client.console import Console
+
+        console = Console(interactive=False)
+        session, _ = self.make_session(console)
+        console.commands = session
+        self.server.connect(session)
+        transport = StringTransport()
+        console.makeConnection(transport)
+        console.dataReceived(b"/register\nshort\nshort\n/help\n")
+        out = transport.value().decode()
+        self.assertIn("Password: \n[REGISTER FAILED] the password must have at least 8 characters\n", out)
+        self.assertNotIn("Repeat password", out)
+        self.assertNotIn("Unknown command", out)
+        self.assertNotIn("Commands start with /", out)
+        self.assertIn("Commands:", out)
 
     def test_server_refuses(self) -> None:
         session, ui = self.make_session(FakeUI([PASSWORD, PASSWORD]))
@@ -358,6 +379,41 @@ class ReconnectTests(SessionTestBase):
         self.assertIn(f"[RECONNECTED] logged in again as {user_id}", ui.lines)
         self.assertTrue(session.logged_in)
         self.assertEqual(ui.prompts, ["Password: "])  # only the first login asked
+
+    def test_one_line_per_outage_and_one_when_back(self) -> None:
+        session, ui, link, user_id = self.online_user(1)
+        mark = len(ui.lines)
+        link.close(1006, "network down")
+        session.reconnect_scheduled(1.0, "network down", True)
+        for delay in (2.0, 4.0, 8.0):
+            session.reconnect_scheduled(delay, "Connection was refused", False)
+        link2 = self.server.connect(session)
+        self.assertEqual(
+            ui.lines[mark:],
+            [
+                "[DISCONNECTED] lost the connection to ws://127.0.0.1:9999 (network down); "
+                "reconnecting in 1.0 s",
+                f"[RECONNECTED] logged in again as {user_id}",
+            ],
+        )
+        # The next outage is reported again.
+        link2.close(1006, "down again")
+        session.reconnect_scheduled(1.0, "down again", True)
+        self.assertTrue(ui.lines[-1].startswith("[DISCONNECTED] lost the connection"))
+
+    def test_one_line_while_the_server_is_not_up_yet(self) -> None:
+        session, ui = self.make_session()
+        for delay in (1.0, 2.0, 4.0):
+            session.reconnect_scheduled(delay, "Connection was refused", False)
+        self.server.connect(session)
+        self.assertEqual(
+            ui.lines,
+            [
+                "[DISCONNECTED] cannot connect to ws://127.0.0.1:9999 (Connection was refused); "
+                "retrying in 1.0 s",
+                "[CONNECTED] ws://127.0.0.1:9999",
+            ],
+        )
 
     def test_link_changes_while_signing_the_proof(self) -> None:
         """The hello proof is being signed when the link drops and another opens: the stale
