@@ -25,6 +25,7 @@ from socp_tw.listener import BindAddress, make_listener, parse_bind, parse_ws_ur
 from socp_tw.logs import LEVEL_NAMES, set_log_level
 from socp_tw.memory import DEFAULT_INTERVAL as TRIM_INTERVAL
 from socp_tw.memory import MemoryTrimmer
+from socp_tw.ops import startup
 from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import FileRelay
@@ -125,6 +126,15 @@ class Options(usage.Options):
 
     opt_p = opt_peer
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd, a usage error ends the start in one line, without twistd's full help."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise startup.usage_exit(e) from None
+
     def postOptions(self) -> None:
         try:
             self["bind_address"] = parse_bind(self["bind"])
@@ -147,7 +157,20 @@ class Options(usage.Options):
         self._post_file_options()
         self._post_security_options()
         self._seconds("memory-trim-interval", 0, 86400, low_means="off")
+        self._post_startup_checks()
         self._post_pidfile()
+
+    def _post_startup_checks(self) -> None:
+        """The data dir (and under twistd its --logfile) must be writable: fail now, create nothing."""
+        parent = getattr(self, "parent", None)
+        try:
+            startup.check_data_dir(self["data-dir"])
+            if parent is not None and "logfile" in parent:
+                startup.check_log_file(parent["logfile"])
+        except startup.StartupError as e:
+            if parent is not None:  # not a usage error: no pointer to --help
+                raise SystemExit(f"socp: {e}") from None
+            raise usage.UsageError(str(e)) from None
 
     def _seconds(self, name: str, low: float, high: float, low_means: str = "") -> float:
         """Turn option ``--name`` into a number of seconds in ``[low, high]`` (a usage error if not)."""
@@ -176,12 +199,9 @@ class Options(usage.Options):
         if parent is None or "pidfile" not in parent.defaults:
             return
         if parent["pidfile"] is parent.defaults["pidfile"]:
-            data_dir = Path(self["data-dir"])
-            try:
-                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as e:
-                raise usage.UsageError(f"--data-dir: {e}") from None
-            parent["pidfile"] = str(data_dir / PIDFILE)
+            # The dir itself is made by makeService, after the early checks (twistd writes
+            # the pidfile after makeService and only reads it before).
+            parent["pidfile"] = str(Path(self["data-dir"]) / PIDFILE)
 
     def _post_security_options(self) -> None:
         """--ts-window, --identify-timeout, TLS for the listener (--tls-*) and for peers."""
@@ -258,6 +278,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
         from twisted.internet import reactor
     set_log_level(config["log-level"])
     data_dir = Path(config["data-dir"])
+    if getattr(config, "parent", None) is not None:  # a real twistd start: is the port free?
+        with _exit_on(startup.StartupError):
+            startup.check_can_listen(config["bind_address"])
     with _exit_on(IdentityError, OSError):
         identity = load_or_create_identity(data_dir, config["server-id"])
     limits: Limits = config["limits"]
