@@ -25,7 +25,7 @@ from socp_tw.listener import BindAddress, make_listener, parse_bind, parse_ws_ur
 from socp_tw.logs import LEVEL_NAMES, set_log_level
 from socp_tw.memory import DEFAULT_INTERVAL as TRIM_INTERVAL
 from socp_tw.memory import MemoryTrimmer
-from socp_tw.ops import startup
+from socp_tw.ops import logformat, startup
 from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import FileRelay
@@ -62,6 +62,7 @@ class Options(usage.Options):
         ["server-id", None, None, "This server's UUID v4 (default: the stored one, or a new one)."],
         ["data-dir", "d", "./socp-data", "Directory for the server key, id and database."],
         ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
+        ["log-format", None, "text", "Log lines: text ([mesh#info] tags) or json (one object per line)."],
         ["max-frame-bytes", None, str(wire.MAX_FRAME_BYTES), "Largest WebSocket message accepted (bytes)."],
         ["bootstrap", None, None, "YAML/JSON list of introducers {host, port, pubkey}, keys pinned."],
         ["status-interval", None, "30", "Seconds between status lines (also logged on every mesh change)."],
@@ -147,6 +148,10 @@ class Options(usage.Options):
             )
         if self["log-level"] not in LEVEL_NAMES:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LEVEL_NAMES)}")
+        if self["log-format"] not in logformat.FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(logformat.FORMATS)}")
+        if getattr(self, "parent", None) is not None:
+            logformat.apply_to_twistd(self.parent, self["log-format"])
         try:
             self["max-frame-bytes"] = int(self["max-frame-bytes"])
         except ValueError:
