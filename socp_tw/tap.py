@@ -63,6 +63,12 @@ class Options(usage.Options):
         ["data-dir", "d", "./socp-data", "Directory for the server key, id and database."],
         ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
         ["log-format", None, "text", "Log lines: text ([mesh#info] tags) or json (one object per line)."],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /health and /metrics over HTTP on this endpoint (tcp:9100:interface=...).",
+        ],
         ["max-frame-bytes", None, str(wire.MAX_FRAME_BYTES), "Largest WebSocket message accepted (bytes)."],
         ["bootstrap", None, None, "YAML/JSON list of introducers {host, port, pubkey}, keys pinned."],
         ["status-interval", None, "30", "Seconds between status lines (also logged on every mesh change)."],
@@ -163,6 +169,8 @@ class Options(usage.Options):
         self._post_security_options()
         self._seconds("memory-trim-interval", 0, 86400, low_means="off")
         self._post_startup_checks()
+        if self["metrics"] is not None:
+            self["metrics_address"] = startup.check_metrics_endpoint(self["metrics"])
         self._post_pidfile()
 
     def _post_startup_checks(self) -> None:
@@ -286,6 +294,8 @@ def makeService(config: Options, reactor=None) -> MultiService:
     if getattr(config, "parent", None) is not None:  # a real twistd start: is the port free?
         with _exit_on(startup.StartupError):
             startup.check_can_listen(config["bind_address"])
+            if config.get("metrics_address") is not None:
+                startup.check_can_listen(config["metrics_address"], what="--metrics")
     with _exit_on(IdentityError, OSError):
         identity = load_or_create_identity(data_dir, config["server-id"])
     limits: Limits = config["limits"]
@@ -376,5 +386,12 @@ def makeService(config: Options, reactor=None) -> MultiService:
     ).setServiceParent(top)
     # Last, so it stops first: its users' leaves go out while every server link is still up.
     public.setServiceParent(top)
+    if config["metrics"] is not None:  # after public: started last, stopped first
+        from socp_tw.ops.http import make_metrics_service
+
+        services = dict(hub=hub, mesh=mesh, presence=presence, users=users, router=router, files=files)
+        services.update(public=public, workers=workers, signer=signer, store=store, listener=listener)
+        services["server_id"] = identity.server_id
+        make_metrics_service(reactor, config["metrics"], services).setServiceParent(top)
     top.identity = identity
     return top

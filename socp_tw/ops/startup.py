@@ -15,7 +15,7 @@ import os
 import socket
 from pathlib import Path
 
-from socp_tw.listener import BindAddress
+from socp_tw.listener import BindAddress, parse_bind
 
 #: The line that follows a usage error under twistd, in place of its 45 lines of help.
 HELP_HINT = "(twistd socp --help lists the options)"
@@ -71,7 +71,23 @@ def check_log_file(logfile: str | None) -> None:
         raise StartupError(f"--logfile {path}: the directory {parent} is not writable by this user")
 
 
-def check_can_listen(address: BindAddress) -> None:
+def check_metrics_endpoint(text: str) -> BindAddress | None:
+    """Raise :class:`usage.UsageError` unless ``--metrics TEXT`` is a server endpoint string.
+
+    Returns the address to probe before listening for a ``tcp:`` endpoint, else None.
+    """
+    from twisted.internet import endpoints
+    from twisted.internet.testing import MemoryReactor
+    from twisted.python import usage
+
+    try:
+        endpoints.serverFromString(MemoryReactor(), text)
+        return parse_bind(text) if text.startswith("tcp:") else None
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"--metrics: {text!r} is not a Twisted endpoint string ({e})") from None
+
+
+def check_can_listen(address: BindAddress, what: str = "") -> None:
     """Raise :class:`StartupError` if ``address``'s port cannot be bound right now.
 
     A probe socket is bound (with ``SO_REUSEADDR``, as Twisted's own listening port) and
@@ -79,7 +95,7 @@ def check_can_listen(address: BindAddress) -> None:
     """
     if address.port == 0:
         return
-    where = address.url()
+    where = f"{what} tcp:{address.port}:interface={address.host}" if what else address.url()
     try:
         infos = socket.getaddrinfo(
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
