@@ -37,6 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "socp-client = socp_tw.client:main",
+            "socpctl = socp_tw.admin.ctl:main",
         ],
     },
     zip_safe=False,

@@ -18,6 +18,8 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from socp_tw import tls, wire
+from socp_tw.admin.peers import PeerSweeper, parse_duration
+from socp_tw.admin.server import Admin, AdminService
 from socp_tw.bootstrap import BootstrapError, load_bootstrap
 from socp_tw.identity import IdentityError, load_or_create_identity
 from socp_tw.limits import DEFAULT_LIMITS, Limits
@@ -63,6 +65,12 @@ class Options(usage.Options):
         ["data-dir", "d", "./socp-data", "Directory for the server key, id and database."],
         ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
         ["log-format", None, "text", "Log lines: text ([mesh#info] tags) or json (one object per line)."],
+        [
+            "forget-after",
+            None,
+            "30d",
+            "Forget servers unreachable this long: 30d, 12h, 90m, seconds; 0: never.",
+        ],
         [
             "metrics",
             None,
@@ -171,6 +179,10 @@ class Options(usage.Options):
         self._post_startup_checks()
         if self["metrics"] is not None:
             self["metrics_address"] = startup.check_metrics_endpoint(self["metrics"])
+        try:
+            self["forget-after"] = parse_duration(self["forget-after"])
+        except ValueError:
+            raise usage.UsageError("--forget-after takes 30d, 12h, 90m, 45s or seconds (0: never)") from None
         self._post_pidfile()
 
     def _post_startup_checks(self) -> None:
@@ -386,12 +398,17 @@ def makeService(config: Options, reactor=None) -> MultiService:
     ).setServiceParent(top)
     # Last, so it stops first: its users' leaves go out while every server link is still up.
     public.setServiceParent(top)
-    if config["metrics"] is not None:  # after public: started last, stopped first
+    # Operator access, after public: started last, stopped first (socp_tw.ops, socp_tw.admin).
+    services = dict(hub=hub, mesh=mesh, presence=presence, users=users, router=router, files=files)
+    services.update(public=public, workers=workers, signer=signer, store=store, listener=listener)
+    services.update(user_keys=user_keys, server_id=identity.server_id)
+    if config["forget-after"] > 0:
+        services["sweeper"] = PeerSweeper(mesh, data_dir, config["forget-after"], reactor)
+        services["sweeper"].setServiceParent(top)
+    AdminService(reactor, data_dir, Admin(services, reactor)).setServiceParent(top)
+    if config["metrics"] is not None:
         from socp_tw.ops.http import make_metrics_service
 
-        services = dict(hub=hub, mesh=mesh, presence=presence, users=users, router=router, files=files)
-        services.update(public=public, workers=workers, signer=signer, store=store, listener=listener)
-        services["server_id"] = identity.server_id
         make_metrics_service(reactor, config["metrics"], services).setServiceParent(top)
     top.identity = identity
     return top

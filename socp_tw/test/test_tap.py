@@ -121,7 +121,8 @@ class MakeServiceTests(SynchronousTestCase):
         names = [s.name for s in top]
         expected = ["workers", "store", "userkeys", "hub", "presence", "mesh", "router", "users", "files"]
         expected.append("listener")
-        self.assertEqual(names, [*expected, "status", "memory-trim", "outgoing", "public"])
+        expected += ["status", "memory-trim", "outgoing", "public", "peer-sweeper", "admin"]
+        self.assertEqual(names, expected)
 
     def test_memory_trim_off(self) -> None:
         data = prepare_data_dir(self, 0)
