@@ -28,6 +28,7 @@ from socp_tw.logs import LEVEL_NAMES, set_log_level
 from socp_tw.memory import DEFAULT_INTERVAL as TRIM_INTERVAL
 from socp_tw.memory import MemoryTrimmer
 from socp_tw.ops import logformat, startup
+from socp_tw.ops.sdnotify import SystemdNotifier
 from socp_tw.protocols.peer import OutgoingLinks
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import FileRelay
@@ -410,5 +411,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
         from socp_tw.ops.http import make_metrics_service
 
         make_metrics_service(reactor, config["metrics"], services).setServiceParent(top)
+    # Last: READY=1 once everything has started, STOPPING=1 before anything stops.
+    SystemdNotifier(listener, reactor).setServiceParent(top)  # nothing without $NOTIFY_SOCKET
     top.identity = identity
     return top

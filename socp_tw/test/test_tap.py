@@ -121,7 +121,7 @@ class MakeServiceTests(SynchronousTestCase):
         names = [s.name for s in top]
         expected = ["workers", "store", "userkeys", "hub", "presence", "mesh", "router", "users", "files"]
         expected.append("listener")
-        expected += ["status", "memory-trim", "outgoing", "public", "peer-sweeper", "admin"]
+        expected += ["status", "memory-trim", "outgoing", "public", "peer-sweeper", "admin", "systemd"]
         self.assertEqual(names, expected)
 
     def test_memory_trim_off(self) -> None:
