@@ -24,6 +24,8 @@ from prometheus_client.registry import Collector
 
 #: Buckets (seconds) of one RSA-4096 PSS signature on a worker thread.
 SIGNING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Buckets (seconds) from a DM handed to another server to that server's ACK (batched ~0.1 s).
+DM_CONFIRM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 def _prefixed(counters: Any, prefix: str) -> Iterator[tuple[str, int]]:
@@ -43,6 +45,12 @@ class Instruments:
             "socp_signing_seconds",
             "Time to make one RSA-PSS signature on the signing pool",
             buckets=SIGNING_BUCKETS,
+            registry=registry,
+        )
+        self.dm_confirm_seconds = Histogram(
+            "socp_dm_confirm_seconds",
+            "From a DM handed to another server until that server confirmed its delivery",
+            buckets=DM_CONFIRM_BUCKETS,
             registry=registry,
         )
 
@@ -68,6 +76,32 @@ class Instruments:
             inner(link, envelope)
 
         mesh.frame_received = frame_received
+
+    def wrap_deliveries(self, tracker: Any, clock: Any) -> None:
+        """Time each DM from its hand-off to another server until that server confirms it.
+
+        Reads the tracker's pending table around ``ack_received``: a ref pending before and
+        gone after was confirmed by this ACK.
+        """
+        inner = tracker.ack_received
+        histogram = self.dm_confirm_seconds
+
+        def ack_received(envelope: Any) -> None:
+            refs = envelope.payload.get("delivered")
+            pending = tracker._pending
+            before = {}
+            if isinstance(refs, list):
+                for ref in refs:
+                    entry = pending.get(ref) if isinstance(ref, str) else None
+                    if entry is not None:
+                        before[ref] = entry.sent_at
+            inner(envelope)
+            now = clock.seconds()
+            for ref, sent_at in before.items():
+                if ref not in pending:
+                    histogram.observe(max(0.0, now - sent_at))
+
+        tracker.ack_received = ack_received
 
     def wrap_signer(self, signer: Any) -> None:
         """Count and time each signature (these run on the worker threads)."""
@@ -233,6 +267,9 @@ def build_registry(services: dict[str, Any], clock: Any) -> tuple[CollectorRegis
     instruments.wrap_hub(services["hub"])
     instruments.wrap_mesh(services["mesh"])
     instruments.wrap_signer(services["signer"])
+    tracker = getattr(services["router"], "deliveries", None)
+    if tracker is not None:
+        instruments.wrap_deliveries(tracker, clock)
     collector = ServerCollector(services, instruments, clock)
     registry.register(collector)
     ProcessCollector(namespace="socp", registry=registry)

@@ -138,3 +138,33 @@ class HealthAndMetricsTests(TestCase):
     def test_unknown_path(self):
         response, _ = yield self.get("/nothing")
         self.assertEqual(response.code, 404)
+
+
+class DeliveryLatencyTests(SynchronousTestCase):
+    """``socp_dm_confirm_seconds``: hand-off to another server until its ACK, on a real router."""
+
+    def test_confirmed_dm_is_timed(self) -> None:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from twisted.internet.task import Clock
+
+        from socp_tw.ops.metrics import Instruments
+        from socp_tw.test.test_delivery import OriginSideTests
+        from socp_tw.test.test_router import OTHER
+
+        case = OriginSideTests("test_confirmed_dm_reports_nothing")  # its router, fakes and clock
+        case.setUp()
+        clock = case.clock
+        self.assertIsInstance(clock, Clock)
+        registry = CollectorRegistry()
+        Instruments(registry).wrap_deliveries(case.router.deliveries, clock)
+        case.peers.acking.add(OTHER)
+        case.send()
+        clock.advance(0.15)
+        case.ack(["not-pending"])  # unknown refs are not timed
+        case.ack([case.ref])
+        case.ack([case.ref])  # a second ACK of the same DM is not timed twice
+        found = samples(generate_latest(registry).decode())
+        self.assertEqual(found[("socp_dm_confirm_seconds_count", ())], 1)
+        self.assertAlmostEqual(found[("socp_dm_confirm_seconds_sum", ())], 0.15, places=6)
+        self.assertEqual(found[("socp_dm_confirm_seconds_bucket", (("le", "0.2"),))], 1)
+        self.assertEqual(found[("socp_dm_confirm_seconds_bucket", (("le", "0.1"),))], 0)
