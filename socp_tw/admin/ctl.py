@@ -177,10 +177,19 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet.task import react
 
     async def run(reactor: Any) -> None:
+        from twisted.internet.error import ConnectionDone, ConnectionLost, TimeoutError
+        from twisted.protocols.amp import RemoteAmpError
+
         try:
             result = await _ask(reactor, path, command, arguments)
         except (CtlError, AdminError) as e:
             print(f"socpctl: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except TimeoutError:
+            print(f"socpctl: the server did not answer within {TIMEOUT:g} s", file=sys.stderr)
+            raise SystemExit(1) from None
+        except (RemoteAmpError, ConnectionDone, ConnectionLost) as e:
+            print(f"socpctl: the server could not answer ({e})", file=sys.stderr)
             raise SystemExit(1) from None
         print(json.dumps(result, indent=2) if args.json else render(args.command, result))
 

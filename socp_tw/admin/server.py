@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
@@ -159,10 +160,17 @@ class Admin:
         return {"log_level": level}
 
 
-def _answer(result: Any) -> Any:
-    if hasattr(result, "addCallback"):
-        return result.addCallback(lambda value: {"result": json.dumps(value)})
-    return {"result": json.dumps(result)}
+def _unexpected(failure: Any) -> None:
+    """A command that failed for a reason of ours: logged, and told to socpctl in one line."""
+    if failure.check(AdminError):
+        return failure
+    _log.failure("socpctl command failed", failure)
+    raise AdminError(f"the server failed: {failure.getErrorMessage() or failure.type.__name__}")
+
+
+def _answer(f: Any, *args: Any) -> Any:
+    """``f(*args)``'s value (or Deferred value) as the command's JSON ``result``."""
+    return maybeDeferred(f, *args).addCallbacks(lambda value: {"result": json.dumps(value)}, _unexpected)
 
 
 class AdminProtocol(amp.AMP):
@@ -182,31 +190,31 @@ class AdminProtocol(amp.AMP):
 
     @Status.responder
     def _status(self):
-        return _answer(self._admin.status())
+        return _answer(self._admin.status)
 
     @Users.responder
     def _users(self, all: bool):
-        return _answer(self._admin.users(all))
+        return _answer(self._admin.users, all)
 
     @Peers.responder
     def _peers(self):
-        return _answer(self._admin.peers())
+        return _answer(self._admin.peers)
 
     @ForgetPeer.responder
     def _forget(self, server_id: str):
-        return _answer(self._admin.forget_peer(server_id))
+        return _answer(self._admin.forget_peer, server_id)
 
     @Kick.responder
     def _kick(self, user_id: str):
-        return _answer(self._admin.kick(user_id))
+        return _answer(self._admin.kick, user_id)
 
     @DeleteUser.responder
     def _delete(self, user_id: str):
-        return _answer(self._admin.delete_user(user_id))
+        return _answer(self._admin.delete_user, user_id)
 
     @SetLogLevel.responder
     def _log_level(self, level: str):
-        return _answer(self._admin.set_log_level(level))
+        return _answer(self._admin.set_log_level, level)
 
 
 #: Longest AF_UNIX socket path Linux takes (sun_path is 108 bytes, with its NUL).

@@ -122,6 +122,16 @@ class SocpctlTests(TestCase):
         self.assertIn("invalid choice", err)
 
     @inlineCallbacks
+    def test_server_side_failure_is_one_line(self):
+        from socp_tw.services.store import StoreError
+
+        self.server.service.getServiceNamed("store").stopService()
+        out, err, code = yield socpctl(self.data_dir, "users", "--all")
+        self.assertEqual((out, code), ("", 1))
+        self.assertEqual(err.strip(), "socpctl: the server failed: the store is not running")
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)  # and the server logged it
+
+    @inlineCallbacks
     def test_server_gone(self):
         yield self.server.stop()
         out, err, code = yield socpctl(self.data_dir, "status")
