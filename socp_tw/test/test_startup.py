@@ -99,6 +99,24 @@ class StartupFailureTests(SynchronousTestCase):
         # No new identity (nor the dir) from a start that could not listen.
         self.assertEqual(list(self.cwd.iterdir()), [])
 
+    def test_metrics_port_in_use_creates_nothing(self) -> None:
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        metrics = f"tcp:{port}:interface=127.0.0.1"
+        result = twistd(
+            self.cwd, "socp", "--bind", "ws://127.0.0.1:0", "--metrics", metrics, "--data-dir", "d"
+        )
+        self.assertOneLineExit(result, f"cannot listen on --metrics tcp:{port}:interface=127.0.0.1", "in use")
+        self.assertEqual(list(self.cwd.iterdir()), [])
+
+    def test_bad_metrics_endpoint(self) -> None:
+        result = twistd(self.cwd, "socp", "--metrics", "nonsense:1", "--data-dir", "d")
+        self.assertOneLineExit(result, "--metrics", "not a Twisted endpoint string")
+        self.assertEqual(list(self.cwd.iterdir()), [])
+
     def test_port_in_use_keeps_the_identity(self) -> None:
         data = Path(prepare_data_dir(self, 0))
         before = {p.name: p.read_bytes() for p in data.iterdir()}
