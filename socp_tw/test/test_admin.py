@@ -156,6 +156,12 @@ class PeersTests(TestCase):
         self.assertEqual(peer["fingerprint"], crypto.fingerprint(b.public_key_text))
         out, _, _ = yield socpctl(a_dir, "peers")
         self.assertIn(f"{b.server_id}  {peer['fingerprint']}", out)
+        out, _, _ = yield socpctl(a_dir, "--json", "status")
+        (link,) = json.loads(out)["links"]
+        self.assertEqual((link["server_id"], link["direction"]), (b.server_id, "incoming"))  # b dialled a
+        self.assertIsNotNone(link["last_heard_s"])
+        out, _, _ = yield socpctl(a_dir, "status")
+        self.assertRegex(out, rf"links    1\n  {b.server_id}  incoming  (up|linking) +heard ")
 
         yield b.stop()
         yield wait_until(lambda: not a.mesh.connected_servers(), [a], what="b gone")
@@ -165,6 +171,8 @@ class PeersTests(TestCase):
         self.assertNotIn(b.server_id, a.mesh.known_servers())
         self.assertNotIn(b.server_id, a.mesh._dialers)
         self.assertFalse([d for d in a.outgoing.dialers if d.server_id == b.server_id])
+        out, _, _ = yield socpctl(a_dir, "--json", "peers")
+        self.assertEqual(json.loads(out)["peers"], [])
         out, err, code = yield socpctl(a_dir, "forget-peer", b.server_id)
         self.assertEqual(code, 1)
         self.assertIn("no known server", err)
