@@ -67,6 +67,12 @@ class Options(usage.Options):
         ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
         ["log-format", None, "text", "Log lines: text ([mesh#info] tags) or json (one object per line)."],
         [
+            "log-rotate-bytes",
+            None,
+            str(logformat.ROTATE_BYTES),
+            "Rotate --logfile at this size (0: only on SIGUSR1).",
+        ],
+        [
             "forget-after",
             None,
             "30d",
@@ -165,8 +171,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--log-level must be one of {', '.join(LEVEL_NAMES)}")
         if self["log-format"] not in logformat.FORMATS:
             raise usage.UsageError(f"--log-format must be one of {', '.join(logformat.FORMATS)}")
+        try:
+            self["log-rotate-bytes"] = int(self["log-rotate-bytes"])
+        except ValueError:
+            raise usage.UsageError("--log-rotate-bytes must be an integer") from None
+        if self["log-rotate-bytes"] < 0:
+            raise usage.UsageError("--log-rotate-bytes must be 0 (only on SIGUSR1) or more")
         if getattr(self, "parent", None) is not None:
-            logformat.apply_to_twistd(self.parent, self["log-format"])
+            logformat.apply_to_twistd(self.parent, self["log-format"], self["log-rotate-bytes"])
         try:
             self["max-frame-bytes"] = int(self["max-frame-bytes"])
         except ValueError:

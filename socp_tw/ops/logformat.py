@@ -40,12 +40,12 @@ _SECRET_WORDS = ("password", "secret", "private", "token", "plaintext", "key_pem
 #: Leading namespace parts that say nothing in a short tag.
 _NOISE = frozenset({"socp_tw", "services", "protocols", "ops"})
 
-_config: dict[str, Any] = {"format": "text", "logfile": None}
+_config: dict[str, Any] = {"format": "text", "logfile": None, "rotate_bytes": ROTATE_BYTES}
 
 
-def configure(log_format: str, logfile: str | None) -> None:
+def configure(log_format: str, logfile: str | None, rotate_bytes: int = ROTATE_BYTES) -> None:
     """Record what :func:`observer` will build (called while ``twistd socp`` options are parsed)."""
-    _config.update(format=log_format, logfile=logfile)
+    _config.update(format=log_format, logfile=logfile, rotate_bytes=rotate_bytes)
 
 
 def short_namespace(namespace: str | None) -> str:
@@ -142,9 +142,10 @@ def rotate_or_reopen(log_file: LogFile) -> None:
         log_file.rotate()
 
 
-def open_log_file(path: str) -> LogFile:
-    """``path`` as twistd opens ``--logfile`` (rotated at 1 MB and on SIGUSR1), created mode 0600."""
-    log_file = LogFile.fromFullPath(path, rotateLength=ROTATE_BYTES, defaultMode=LOG_FILE_MODE)
+def open_log_file(path: str, rotate_bytes: int = ROTATE_BYTES) -> LogFile:
+    """``path`` as twistd opens ``--logfile`` (rotated at ``rotate_bytes``, 0: never, and on
+    SIGUSR1), created mode 0600."""
+    log_file = LogFile.fromFullPath(path, rotateLength=rotate_bytes or None, defaultMode=LOG_FILE_MODE)
     if not signal.getsignal(signal.SIGUSR1):
 
         def on_usr1(_signum, _frame) -> None:
@@ -159,11 +160,13 @@ def open_log_file(path: str) -> LogFile:
 def observer() -> ILogObserver:
     """The observer factory twistd calls for ``--logger socp_tw.ops.logformat.observer``."""
     logfile = _config["logfile"]
-    stream: Any = sys.stdout if not logfile or logfile == "-" else open_log_file(logfile)
+    if not logfile or logfile == "-":
+        return file_observer(sys.stdout, _config["format"])
+    stream = open_log_file(logfile, _config["rotate_bytes"])
     return file_observer(stream, _config["format"])
 
 
-def apply_to_twistd(parent: Any, log_format: str) -> None:
+def apply_to_twistd(parent: Any, log_format: str, rotate_bytes: int = ROTATE_BYTES) -> None:
     """Point twistd's ``--logger`` at :func:`observer` unless ``--logger`` or ``--syslog`` was given.
 
     ``parent`` is twistd's parsed ``ServerOptions`` (it imports ``--logger`` after us).
@@ -173,5 +176,5 @@ def apply_to_twistd(parent: Any, log_format: str) -> None:
     logfile = parent.get("logfile")
     if not logfile:
         logfile = "-" if parent.get("nodaemon") else "twistd.log"
-    configure(log_format, logfile)
+    configure(log_format, logfile, rotate_bytes)
     parent["logger"] = OBSERVER_NAME

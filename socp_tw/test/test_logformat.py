@@ -204,3 +204,45 @@ class TwistdLogTests(TestCase):
         after = self.records(log_file.read_text())
         self.assertTrue(any(r["msg"] == "Server Shut Down." for r in after))
         self.assertFalse(any("listening on" in r["msg"] for r in after))
+
+
+class LogFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        previous = signal.getsignal(signal.SIGUSR1)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+
+    def test_rotates_at_size(self) -> None:
+        log_file = logformat.open_log_file(str(self.dir / "socp.log"), rotate_bytes=100)
+        self.addCleanup(log_file.close)
+        for _ in range(3):
+            log_file.write("x" * 60 + "\n")
+        log_file.flush()
+        self.assertTrue((self.dir / "socp.log.1").exists())
+        for path in self.dir.iterdir():
+            self.assertEqual(path.stat().st_mode & 0o777, 0o600, path)
+
+    def test_zero_means_no_size_rotation(self) -> None:
+        log_file = logformat.open_log_file(str(self.dir / "socp.log"), rotate_bytes=0)
+        self.addCleanup(log_file.close)
+        for _ in range(100):
+            log_file.write("x" * 100 + "\n")
+        log_file.flush()
+        self.assertEqual([p.name for p in self.dir.iterdir()], ["socp.log"])
+
+    def test_option(self) -> None:
+        from twisted.python import usage
+
+        from socp_tw.tap import Options
+
+        config = Options()
+        config.parseOptions(["--data-dir", self.mktemp(), "--log-rotate-bytes", "0"])
+        self.assertEqual(config["log-rotate-bytes"], 0)
+        for bad in ("-1", "big"):
+            config = Options()
+            self.assertRaises(
+                usage.UsageError,
+                config.parseOptions,
+                ["--data-dir", self.mktemp(), "--log-rotate-bytes", bad],
+            )
