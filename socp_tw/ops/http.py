@@ -13,8 +13,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -76,7 +77,10 @@ class HealthResource(Resource):
         return NOT_DONE_YET
 
     def _db_failed(self, failure: Any, request: Request) -> None:
-        reason = failure.getErrorMessage() or failure.type.__name__
+        if failure.check(TimeoutError, defer.TimeoutError, defer.CancelledError):
+            reason = f"no answer within {DB_TIMEOUT:g} s"
+        else:
+            reason = failure.getErrorMessage() or failure.type.__name__
         self._finish(request, 503, f"database: {reason}")
 
     def _body(self, request: Request, code: int, reason: str | None) -> bytes:

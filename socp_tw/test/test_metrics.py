@@ -78,6 +78,18 @@ class HealthAndMetricsTests(TestCase):
         self.assertIn("database", health["reason"])
 
     @inlineCallbacks
+    def test_health_503_when_the_database_hangs(self):
+        from twisted.internet.defer import Deferred
+
+        from socp_tw.ops import http
+
+        self.patch(http, "DB_TIMEOUT", 0.2)
+        self.patch(self.server.service.getServiceNamed("store"), "get_user", lambda _user: Deferred())
+        response, body = yield self.get("/health")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json.loads(body)["reason"], "database: no answer within 0.2 s")
+
+    @inlineCallbacks
     def test_health_503_when_not_listening(self):
         yield self.server.service.getServiceNamed("listener").stopService()
         response, body = yield self.get("/health")
