@@ -25,6 +25,8 @@ setup(
         "zope.interface >= 6.0, < 9",
         # --bootstrap files are YAML (or JSON, which YAML also reads).
         "pyyaml >= 6.0, < 7",
+        # --metrics: the Prometheus text format, its naming rules and the process collector.
+        "prometheus_client >= 0.17, < 1",
     ],
     extras_require={
         "test": [
@@ -35,6 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "socp-client = socp_tw.client:main",
+            "socpctl = socp_tw.admin.ctl:main",
         ],
     },
     zip_safe=False,

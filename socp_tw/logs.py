@@ -1,5 +1,7 @@
 """Logging for socp-tw: one filtered observer for our namespaces, and a JSON observer.
 
+The lines twistd writes (``--log-format text|json``) are made by :mod:`socp_tw.ops.logformat`.
+
 Every module gets its logger from :func:`get_logger`, so ``--log-level`` can raise or
 lower the level of socp-tw's own events without touching what twistd or other
 libraries log.  Log events never carry secrets: no private keys, passwords or
@@ -18,7 +20,6 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
-    jsonFileLogObserver,
 )
 
 NAMESPACE = "socp_tw"
@@ -41,8 +42,14 @@ def set_log_level(name: str) -> None:
 
 
 def json_stdout(stream: IO[str] | None = None) -> ILogObserver:
-    """Observer factory for ``twistd --logger=socp_tw.logs.json_stdout``: one JSON event per line."""
-    return jsonFileLogObserver(stream if stream is not None else sys.stdout)
+    """Observer factory for ``twistd --logger=socp_tw.logs.json_stdout``: one JSON event per line.
+
+    The same NDJSON lines as ``--log-format json`` (:mod:`socp_tw.ops.logformat`), kept for
+    units that name it; Twisted's own ``jsonFileLogObserver`` starts each line with ``\\x1e``.
+    """
+    from socp_tw.ops.logformat import file_observer  # not at import: logs is imported everywhere
+
+    return file_observer(stream if stream is not None else sys.stdout, "json")
 
 
 class Aggregated:

@@ -18,6 +18,8 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from socp_tw import tls, wire
+from socp_tw.admin.peers import PeerSweeper, parse_duration
+from socp_tw.admin.server import Admin, AdminService
 from socp_tw.bootstrap import BootstrapError, load_bootstrap
 from socp_tw.identity import IdentityError, load_or_create_identity
 from socp_tw.limits import DEFAULT_LIMITS, Limits
@@ -25,6 +27,8 @@ from socp_tw.listener import BindAddress, make_listener, parse_bind, parse_ws_ur
 from socp_tw.logs import LEVEL_NAMES, set_log_level
 from socp_tw.memory import DEFAULT_INTERVAL as TRIM_INTERVAL
 from socp_tw.memory import MemoryTrimmer
+from socp_tw.ops import logformat, startup
+from socp_tw.ops.sdnotify import SystemdNotifier
 from socp_tw.protocols.peer import PeerClientFactory
 from socp_tw.protocols.websocket import SOCPServerFactory
 from socp_tw.services.files import FileRelay
@@ -62,6 +66,25 @@ class Options(usage.Options):
         ["server-id", None, None, "This server's UUID v4 (default: the stored one, or a new one)."],
         ["data-dir", "d", "./socp-data", "Directory for the server key, id and database."],
         ["log-level", None, "info", f"Minimum level of socp events: {', '.join(LEVEL_NAMES)}."],
+        ["log-format", None, "text", "Log lines: text ([mesh#info] tags) or json (one object per line)."],
+        [
+            "log-rotate-bytes",
+            None,
+            str(logformat.ROTATE_BYTES),
+            "Rotate --logfile at this size (0: only on SIGUSR1).",
+        ],
+        [
+            "forget-after",
+            None,
+            "30d",
+            "Forget servers unreachable this long: 30d, 12h, 90m, seconds; 0: never.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /health and /metrics over HTTP on this endpoint (tcp:9100:interface=...).",
+        ],
         ["max-frame-bytes", None, str(wire.MAX_FRAME_BYTES), "Largest WebSocket message accepted (bytes)."],
         ["bootstrap", None, None, "YAML/JSON list of introducers {host, port, pubkey}, keys pinned."],
         ["status-interval", None, "30", "Seconds between status lines (also logged on every mesh change)."],
@@ -134,6 +157,15 @@ class Options(usage.Options):
 
     opt_p = opt_peer
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd, a usage error ends the start in one line, without twistd's full help."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise startup.usage_exit(e) from None
+
     def postOptions(self) -> None:
         try:
             self["bind_address"] = parse_bind(self["bind"])
@@ -146,6 +178,16 @@ class Options(usage.Options):
             )
         if self["log-level"] not in LEVEL_NAMES:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LEVEL_NAMES)}")
+        if self["log-format"] not in logformat.FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(logformat.FORMATS)}")
+        try:
+            self["log-rotate-bytes"] = int(self["log-rotate-bytes"])
+        except ValueError:
+            raise usage.UsageError("--log-rotate-bytes must be an integer") from None
+        if self["log-rotate-bytes"] < 0:
+            raise usage.UsageError("--log-rotate-bytes must be 0 (only on SIGUSR1) or more")
+        if getattr(self, "parent", None) is not None:
+            logformat.apply_to_twistd(self.parent, self["log-format"], self["log-rotate-bytes"])
         try:
             self["max-frame-bytes"] = int(self["max-frame-bytes"])
         except ValueError:
@@ -162,7 +204,26 @@ class Options(usage.Options):
             raise usage.UsageError("--hold-days must be a number of days") from None
         if not 0.001 <= self["hold-days"] <= 365:
             raise usage.UsageError("--hold-days must be between 0.001 and 365 days")
+        self._post_startup_checks()
+        if self["metrics"] is not None:
+            self["metrics_address"] = startup.check_metrics_endpoint(self["metrics"])
+        try:
+            self["forget-after"] = parse_duration(self["forget-after"])
+        except ValueError:
+            raise usage.UsageError("--forget-after takes 30d, 12h, 90m, 45s or seconds (0: never)") from None
         self._post_pidfile()
+
+    def _post_startup_checks(self) -> None:
+        """The data dir (and under twistd its --logfile) must be writable: fail now, create nothing."""
+        parent = getattr(self, "parent", None)
+        try:
+            startup.check_data_dir(self["data-dir"])
+            if parent is not None and "logfile" in parent:
+                startup.check_log_file(parent["logfile"])
+        except startup.StartupError as e:
+            if parent is not None:  # not a usage error: no pointer to --help
+                raise SystemExit(f"socp: {e}") from None
+            raise usage.UsageError(str(e)) from None
 
     def _seconds(self, name: str, low: float, high: float, low_means: str = "") -> float:
         """Turn option ``--name`` into a number of seconds in ``[low, high]`` (a usage error if not)."""
@@ -191,12 +252,9 @@ class Options(usage.Options):
         if parent is None or "pidfile" not in parent.defaults:
             return
         if parent["pidfile"] is parent.defaults["pidfile"]:
-            data_dir = Path(self["data-dir"])
-            try:
-                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as e:
-                raise usage.UsageError(f"--data-dir: {e}") from None
-            parent["pidfile"] = str(data_dir / PIDFILE)
+            # The dir itself is made by makeService, after the early checks (twistd writes
+            # the pidfile after makeService and only reads it before).
+            parent["pidfile"] = str(Path(self["data-dir"]) / PIDFILE)
 
     def _post_security_options(self) -> None:
         """--ts-window, --identify-timeout, TLS for the listener (--tls-*) and for peers."""
@@ -273,6 +331,11 @@ def makeService(config: Options, reactor=None) -> MultiService:
         from twisted.internet import reactor
     set_log_level(config["log-level"])
     data_dir = Path(config["data-dir"])
+    if getattr(config, "parent", None) is not None:  # a real twistd start: is the port free?
+        with _exit_on(startup.StartupError):
+            startup.check_can_listen(config["bind_address"])
+            if config.get("metrics_address") is not None:
+                startup.check_can_listen(config["metrics_address"], what="--metrics")
     with _exit_on(IdentityError, OSError):
         identity = load_or_create_identity(data_dir, config["server-id"])
     limits: Limits = config["limits"]
@@ -380,5 +443,19 @@ def makeService(config: Options, reactor=None) -> MultiService:
     ).setServiceParent(top)
     # Last, so it stops first: its users' leaves go out while every server link is still up.
     public.setServiceParent(top)
+    # Operator access, after public: started last, stopped first (socp_tw.ops, socp_tw.admin).
+    services = dict(hub=hub, mesh=mesh, presence=presence, users=users, router=router, files=files)
+    services.update(public=public, workers=workers, signer=signer, store=store, listener=listener)
+    services.update(user_keys=user_keys, server_id=identity.server_id)
+    if config["forget-after"] > 0:
+        services["sweeper"] = PeerSweeper(mesh, data_dir, config["forget-after"], reactor)
+        services["sweeper"].setServiceParent(top)
+    AdminService(reactor, data_dir, Admin(services, reactor)).setServiceParent(top)
+    if config["metrics"] is not None:
+        from socp_tw.ops.http import make_metrics_service
+
+        make_metrics_service(reactor, config["metrics"], services).setServiceParent(top)
+    # Last: READY=1 once everything has started, STOPPING=1 before anything stops.
+    SystemdNotifier(listener, reactor).setServiceParent(top)  # nothing without $NOTIFY_SOCKET
     top.identity = identity
     return top
