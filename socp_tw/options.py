@@ -4,6 +4,7 @@ twistd parses them (before ``makeService``), with the factories next to what the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from twisted.python import usage
@@ -11,6 +12,7 @@ from twisted.python import usage
 from socp_tw import tls, wire
 from socp_tw.admin.peers import parse_duration
 from socp_tw.bootstrap import BootstrapError, load_bootstrap
+from socp_tw.identity import IDENTITY_FILE
 from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.listener import BindAddress, parse_bind, parse_ws_url
 from socp_tw.logs import LEVEL_NAMES
@@ -148,6 +150,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--server-id must be a UUID v4 (like {wire.new_uuid4()}), not {server_id!r}"
             )
+        self._post_data_dir()
         if self["log-level"] not in LEVEL_NAMES:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LEVEL_NAMES)}")
         if self["log-format"] not in logformat.FORMATS:
@@ -184,6 +187,22 @@ class Options(usage.Options):
         except ValueError:
             raise usage.UsageError("--forget-after takes 30d, 12h, 90m, 45s or seconds (0: never)") from None
         self._post_pidfile()
+
+    def _post_data_dir(self) -> None:
+        """``--server-id`` without ``--data-dir``: that server's own ``./socp-data/<id>``, so that
+        servers started side by side from one directory (the integration guide's recipe) each
+        keep their own key, database and pidfile.  ``./socp-data`` itself stays the data dir of
+        the server whose identity it already holds, and of a server started with neither."""
+        server_id = self["server-id"]
+        default = self.defaults["data-dir"]
+        if server_id is None or self["data-dir"] is not default:
+            return
+        try:
+            stored = json.loads((Path(default) / IDENTITY_FILE).read_text("utf-8")).get("server_id")
+        except (OSError, ValueError, AttributeError):
+            stored = None
+        if stored != server_id:
+            self["data-dir"] = str(Path(default) / server_id)
 
     def _post_startup_checks(self) -> None:
         """The data dir (and under twistd its --logfile) must be writable: fail now, create nothing."""

@@ -158,6 +158,34 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIs(makers["socp"].options, Options)
 
 
+class DataDirDefaultTests(SynchronousTestCase):
+    """Servers started side by side from one directory with only --server-id (the integration
+    guide's recipe) each get their own data dir."""
+
+    def setUp(self) -> None:
+        cwd = Path(self.mktemp())
+        cwd.mkdir(parents=True)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(cwd)
+
+    def test_server_id_alone_gets_its_own_dir(self) -> None:
+        a, b = wire.new_uuid4(), wire.new_uuid4()
+        self.assertEqual(Path(parse("--server-id", a)["data-dir"]), Path("socp-data") / a)
+        self.assertEqual(Path(parse("--server-id", b)["data-dir"]), Path("socp-data") / b)
+        self.assertEqual(Path(parse()["data-dir"]), Path("socp-data"))
+
+    def test_the_default_dir_stays_its_own_servers(self) -> None:
+        server_id = wire.new_uuid4()
+        Path("socp-data").mkdir()
+        Path("socp-data", IDENTITY_FILE).write_text(json.dumps({"server_id": server_id}))
+        self.assertEqual(Path(parse("--server-id", server_id)["data-dir"]), Path("socp-data"))
+        other = wire.new_uuid4()
+        self.assertEqual(Path(parse("--server-id", other)["data-dir"]), Path("socp-data") / other)
+
+    def test_an_explicit_data_dir_is_kept(self) -> None:
+        self.assertEqual(parse("--server-id", wire.new_uuid4(), "--data-dir", "x")["data-dir"], "x")
+
+
 class PidfileTests(SynchronousTestCase):
     """Under twistd, the pidfile goes to the data dir unless ``--pidfile`` says otherwise."""
 
