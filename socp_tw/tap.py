@@ -172,7 +172,7 @@ def makeService(config: Options, reactor=None) -> MultiService:
     # Operator access, after public: started last, stopped first (socp_tw.ops, socp_tw.admin).
     services = dict(hub=hub, mesh=mesh, presence=presence, users=users, router=router, files=files)
     services.update(public=public, workers=workers, signer=signer, store=store, listener=listener)
-    services.update(user_keys=user_keys, server_id=identity.server_id)
+    services.update(user_keys=user_keys, holding=holding, server_id=identity.server_id)
     if config["forget-after"] > 0:
         services["sweeper"] = PeerSweeper(mesh, data_dir, config["forget-after"], reactor)
         services["sweeper"].setServiceParent(top)

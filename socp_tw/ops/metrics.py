@@ -255,6 +255,24 @@ class ServerCollector(Collector):
         for name, value in sorted(self._counters("router").items()):
             routed.add_metric([name], value)
         yield routed
+        holding = self._s.get("holding")
+        if holding is not None:
+            yield GaugeMetricFamily(
+                "socp_held_messages", "DMs held for offline or unreachable users", value=holding.total
+            )
+            yield GaugeMetricFamily(
+                "socp_held_bytes",
+                "Bytes of the DMs held for offline or unreachable users",
+                value=holding.total_bytes,
+            )
+            events = CounterMetricFamily(
+                "socp_held_events",
+                "Store-and-forward events (held, delivered, expired, refused)",
+                labels=["event"],
+            )
+            for name, value in sorted(self._counters("holding").items()):
+                events.add_metric([name], value)
+            yield events
 
 
 def build_registry(services: dict[str, Any], clock: Any) -> tuple[CollectorRegistry, ServerCollector]:

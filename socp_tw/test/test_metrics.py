@@ -110,6 +110,8 @@ class HealthAndMetricsTests(TestCase):
             "socp_users_online",
             "socp_linked_servers",
             "socp_signing_queue_depth",
+            "socp_held_messages",
+            "socp_held_bytes",
         ):
             self.assertEqual(before[(name, ())], 0, name)
 
