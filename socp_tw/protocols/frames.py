@@ -1,17 +1,4 @@
-"""A fast path through RFC 6455 framing for the frames SOCP links actually carry.
-
-Every SOCP frame is one small, unfragmented text message.  Autobahn parses each one
-through a dozen Python calls (frame header object, a native XOR masker made per frame,
-begin/data/end hooks for frame and message, listeners fired) — a visible share of a
-server's per-message CPU next to the RSA work the protocol forces (docs/BENCHMARKS.md).
-
-:class:`FastFrames` takes the common case itself: the link is open, no frame or
-fragmented message is in progress, and the whole of a final text or binary frame,
-within the size limits and masked exactly as the role requires, is already buffered.
-Anything else — control frames (ping, pong, close), fragments, reserved bits or
-opcodes, a frame over the limits, a wrongly masked frame, a frame still arriving in
-pieces past :data:`MAX_FAST_FRAME` — goes to Autobahn's own parser unchanged, so every
-protocol violation and every size limit is still answered by Autobahn (1002, 1009).
+"""How SOCP links write WebSocket frames: one final text frame per SOCP frame, sent at once.
 
 Outgoing frames are written as a header and the payload object (listening side), or
 header, mask and masked copy (dialling side: a client must mask, RFC 6455 §5.3).  On a
@@ -20,6 +7,10 @@ to the kernel at once with one ``sendmsg`` (no copy of the payload), instead of 
 them in Twisted's buffer until the next reactor turn; whatever the kernel does not take,
 and every frame written while bytes are still queued, goes through the transport's
 buffer and flow control as before, so frames always leave in order.
+
+Inbound frames are parsed by Autobahn.  An inbound fast path of our own (a few lines
+instead of Autobahn's per-frame machinery) was measured alone and removed: it saved
+8 us per frame, 0.4 % of the servers' CPU per DM (docs/BENCHMARKS.md, "Fifth round").
 """
 
 from __future__ import annotations
@@ -35,14 +26,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.tcp import Connection
 
-#: Frames up to this size may wait in the buffer until complete and then be parsed in one
-#: go; a larger frame still arriving is streamed through Autobahn's parser instead (the
-#: buffer is re-joined on every read, which must not turn quadratic).
-MAX_FAST_FRAME = 64 * 1024
-
 _OPEN = WebSocketProtocol.STATE_OPEN
-_FINAL_TEXT = 0x81
-_FINAL_BINARY = 0x82
 _MASK_BIT = 0x80
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")  # not on Windows: always the buffered path
 
@@ -144,9 +128,7 @@ def _unsent(pieces: Sequence[bytes], sent: int) -> list[bytes]:
 class FastFrames:
     """Mixed into an Autobahn ``WebSocketProtocol`` subclass (before it in the bases).
 
-    Overrides ``processData``: whole, final, unfragmented data frames are handed to
-    ``onMessage`` directly; everything else to Autobahn's ``processData``.  Writes SOCP
-    frames with ``_write_frame``.
+    Writes SOCP frames with ``_write_frame``; parsing is Autobahn's own.
     """
 
     def _write_frame(self, data: bytes) -> None:
@@ -161,56 +143,3 @@ class FastFrames:
             send_now(self.transport, (frame_header(len(data)), data))
         else:
             send_now(self.transport, masked_text_frame(data))
-
-    def processData(self) -> bool:
-        if self.current_frame is not None or self.inside_message or self.state != _OPEN:
-            return super().processData()
-        data = self.data
-        buffered = len(data)
-        if buffered < 2:
-            return False
-        first = data[0]
-        if first != _FINAL_TEXT and first != _FINAL_BINARY:
-            return super().processData()  # control, fragment, reserved bits or opcode
-        second = data[1]
-        masked = second & _MASK_BIT
-        if self.factory.isServer:
-            if not masked and self.requireMaskedClientFrames:
-                return super().processData()  # Autobahn fails the connection
-        elif masked and not self.acceptMaskedServerFrames:
-            return super().processData()
-        length = second & 0x7F
-        start = 2
-        if length == 126:
-            if buffered < 4:
-                return False
-            length = int.from_bytes(data[2:4], "big")
-            if length < 126:
-                return super().processData()  # not the minimal encoding: a violation
-            start = 4
-        elif length == 127:
-            return super().processData()  # > 64 KiB: Autobahn streams (or refuses) it
-        limit = self.maxFramePayloadSize
-        if (limit and length > limit) or (self.maxMessagePayloadSize and length > self.maxMessagePayloadSize):
-            return super().processData()  # Autobahn closes with 1009
-        if masked:
-            mask = data[start : start + 4]
-            start += 4
-        end = start + length
-        if buffered < end:
-            if length > MAX_FAST_FRAME:
-                return super().processData()
-            return False  # wait for the rest of this frame
-        payload = data[start:end]
-        if masked and self.applyMask:
-            payload = mask_payload(payload, mask)
-        self.data = data[end:]
-        stats = self.trafficStats
-        stats.incomingOctetsWebSocketLevel += length
-        stats.incomingOctetsAppLevel += length
-        stats.incomingWebSocketFrames += 1
-        stats.incomingWebSocketMessages += 1
-        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-            self._cancelAutoPingTimeoutCall()
-        self.onMessage(payload, first == _FINAL_BINARY)
-        return len(self.data) > 0
