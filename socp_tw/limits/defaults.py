@@ -30,6 +30,7 @@ class Limits:
     max_file_name_chars: int = 1024  # FILE_START name
     max_file_id_chars: int = 128  # FILE_* file_id
     max_error_detail_chars: int = 512  # detail of an ERROR we send (longer ones are cut)
+    frame_timeout: float = 30.0  # seconds a started WebSocket frame (fragmented message) may take to arrive
 
     # -- per-connection limits (user links, before and after login; the hub)
     conn_rate: float = 50.0  # frames per second, sustained, per connection
