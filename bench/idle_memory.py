@@ -164,7 +164,13 @@ async def main(reactor, options) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1000, help="users connected (default 1000)")
-    parser.add_argument("--batch", type=int, default=25, help="users connecting at once (default 25)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=25,
+        help="users connecting at once (default 25; at most 100, the server's max_unidentified_per_address: "
+        "they all come from 127.0.0.1)",
+    )
     parser.add_argument(
         "--pace",
         type=float,
@@ -196,8 +202,8 @@ if __name__ == "__main__":
     parser.add_argument("--log-level", default="warn", help="server's --log-level (default warn)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server log)")
     opts = parser.parse_args()
-    if not 1 <= opts.users <= 5000 or not 1 <= opts.batch <= 500 or not 0 <= opts.warmup <= 500:
-        parser.error("--users 1..5000, --batch 1..500, --warmup 0..500")
+    if not 1 <= opts.users <= 5000 or not 1 <= opts.batch <= 100 or not 0 <= opts.warmup <= 100:
+        parser.error("--users 1..5000, --batch 1..100, --warmup 0..100")
     if not 0 <= opts.settle <= 60 or (opts.trim_interval is not None and not 0 <= opts.trim_interval <= 3600):
         parser.error("--settle 0..60, --trim-interval 0..3600")
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, opts)))

@@ -30,6 +30,7 @@ class Limits:
     max_file_name_chars: int = 1024  # FILE_START name
     max_file_id_chars: int = 128  # FILE_* file_id
     max_error_detail_chars: int = 512  # detail of an ERROR we send (longer ones are cut)
+    frame_timeout: float = 30.0  # seconds a started WebSocket frame (fragmented message) may take to arrive
 
     # -- per-connection limits (user links, before and after login; the hub)
     conn_rate: float = 50.0  # frames per second, sustained, per connection
@@ -43,6 +44,8 @@ class Limits:
     error_burst: float = 100.0  # ERROR frames one user connection may be sent at once
     max_connections: int = 10_000  # open WebSocket connections (users + servers + pending)
     max_pending_connections: int = 1000  # connections not yet authenticated (hello/login in progress)
+    max_pending_per_address: int = 250  # of those, from one address (IPv4, IPv6 /64); NAT'd users share one
+    max_unidentified_per_address: int = 100  # connections from one address with no identifying frame yet
 
     # -- per-user limits
     user_rate: float = 20.0  # frames per second, sustained, per logged-in user (all their links)

@@ -1,5 +1,12 @@
 """How SOCP links write WebSocket frames: one final text frame per SOCP frame, sent at once.
 
+A frame that has started must complete within the factory's ``frame_timeout`` (default
+30 s, ``Limits.frame_timeout``), and a fragmented message likewise: otherwise the link is
+closed (1008) and logged.  Without it a peer sending a frame one byte a second would hold
+its connection, and a slot, forever (the identify and auth timeouts end once logged in).
+The bound is measured per frame (per message while fragments arrive), from the read that
+left it incomplete, so a busy link streaming large frames back to back is never cut.
+
 Outgoing frames are written as a header and the payload object (listening side), or
 header, mask and masked copy (dialling side: a client must mask, RFC 6455 §5.3).  On a
 plain TCP connection with nothing queued in Twisted, :func:`send_now` hands those pieces
@@ -28,6 +35,7 @@ from twisted.internet.tcp import Connection
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _MASK_BIT = 0x80
+_CLOSE_POLICY = 1008  # RFC 6455: policy violation (a frame too slow to arrive)
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")  # not on Windows: always the buffered path
 
 
@@ -128,8 +136,86 @@ def _unsent(pieces: Sequence[bytes], sent: int) -> list[bytes]:
 class FastFrames:
     """Mixed into an Autobahn ``WebSocketProtocol`` subclass (before it in the bases).
 
-    Writes SOCP frames with ``_write_frame``; parsing is Autobahn's own.
+    Writes SOCP frames with ``_write_frame``; parsing is Autobahn's own.  Bounds the time a
+    started frame may take to arrive (the factory's ``frame_timeout`` seconds on its
+    ``frame_clock``; no bound without them).
     """
+
+    current_frame: Any = None  # Autobahn's, set once the handshake is done
+    inside_message = False
+    _received = 0  # messages and control frames (outside a message) received in full
+    _partial_since: float | None = None  # when the frame (message) now arriving started
+    _partial_mark = -1  # _received at that time: a change means a new frame has started
+    _frame_timer: Any = None
+
+    # -- the partial-frame bound
+
+    def _dataReceived(self, data: bytes) -> None:
+        super()._dataReceived(data)
+        if self._frame_timer is None and not (
+            self.data or self.current_frame is not None or self.inside_message
+        ):
+            return  # the usual case: whole frames only, nothing pending, no timer to look after
+        self._watch_partial()
+
+    def _watch_partial(self) -> None:
+        """After a read: note when the frame left incomplete started, and keep one timer for it."""
+        if self.state != _OPEN or not (self.data or self.current_frame is not None or self.inside_message):
+            self._partial_since = None
+            return
+        factory = self.factory
+        timeout = getattr(factory, "frame_timeout", None)
+        clock = getattr(factory, "frame_clock", None)
+        if not timeout or clock is None:
+            return
+        if self._partial_since is None or self._partial_mark != self._received:
+            self._partial_since = clock.seconds()
+            self._partial_mark = self._received
+        if self._frame_timer is None:
+            self._frame_timer = clock.callLater(timeout, self._frame_deadline)
+
+    def _frame_deadline(self) -> None:
+        self._frame_timer = None
+        since = self._partial_since
+        if since is None or self.state != _OPEN:
+            return
+        factory = self.factory
+        elapsed = factory.frame_clock.seconds() - since
+        if elapsed < factory.frame_timeout:
+            self._frame_timer = factory.frame_clock.callLater(
+                factory.frame_timeout - elapsed, self._frame_deadline
+            )
+            return
+        self._partial_since = None
+        self.frame_too_slow(factory.frame_timeout)
+
+    def frame_too_slow(self, timeout: float) -> None:
+        """A frame took longer than ``timeout`` to arrive: log it and close the link (1008)."""
+        self._log.warn(
+            "Closing link {link} ({who}): a frame took over {timeout:g} s to arrive",
+            link=getattr(self, "link_id", "?"),
+            who=getattr(self, "identity", None) or getattr(self, "peer", "?"),
+            timeout=timeout,
+        )
+        self.close(_CLOSE_POLICY, f"frame not completed within {timeout:g} s")
+
+    def cancel_frame_timer(self) -> None:
+        """Stop watching (the link closed)."""
+        timer, self._frame_timer = self._frame_timer, None
+        self._partial_since = None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _onMessageEnd(self):
+        self._received += 1
+        return super()._onMessageEnd()
+
+    def processControlFrame(self):
+        if not self.inside_message:  # a ping inside a fragmented message does not finish it
+            self._received += 1
+        return super().processControlFrame()
+
+    # -- framing
 
     def _write_frame(self, data: bytes) -> None:
         """One final text frame.  The listening side writes its header and then the payload

@@ -71,6 +71,7 @@ class SOCPPeerClientProtocol(FastFrames, WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         cancel_close_timer(self)
+        self.cancel_frame_timer()
         opened = getattr(self, "_opened", False)
         if opened:
             self._sender.close()

@@ -66,15 +66,22 @@ class BinaryFrame(wire.FrameError):
     code = "BAD_FRAME"
 
 
-def tune_factory(factory, max_frame_bytes: int) -> None:
+def tune_factory(
+    factory, max_frame_bytes: int, frame_timeout: float = DEFAULT_LIMITS.frame_timeout, clock=None
+) -> None:
     """Apply socp-tw's WebSocket options to an Autobahn server or client factory.
 
     Message and frame size are bounded (Autobahn's default is unlimited); an
     oversize message closes cleanly with 1009 instead of a dropped TCP connection;
     compression stays off (ciphertext doesn't compress, and CRIME); UTF-8 is checked
     by us so bad text gets an ERROR instead of a closed link; SOCP's own heartbeats
-    replace Autobahn's auto-ping.
+    replace Autobahn's auto-ping.  A frame that has started must arrive in full within
+    ``frame_timeout`` seconds on ``clock`` (the reactor by default; ``FastFrames``).
     """
+    if clock is None:
+        from twisted.internet import reactor as clock
+    factory.frame_timeout = frame_timeout
+    factory.frame_clock = clock
     options = dict(
         maxMessagePayloadSize=max_frame_bytes,
         maxFramePayloadSize=max_frame_bytes,
@@ -208,6 +215,7 @@ class SOCPServerProtocol(FastFrames, WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         cancel_close_timer(self)
+        self.cancel_frame_timer()
         sender = getattr(self, "_sender", None)
         if sender is None:  # the handshake never completed
             return
@@ -218,6 +226,10 @@ class SOCPServerProtocol(FastFrames, WebSocketServerProtocol):
             self.factory.hub.link_closed(self, reason or (f"code {code}" if code else "connection lost"))
         except Exception:
             self._log.failure("Hub failed on link {link} close", link=self.link_id)
+
+    def frame_too_slow(self, timeout: float) -> None:
+        self.factory.hub.counters["closed.frame_timeout"] += 1
+        super().frame_too_slow(timeout)
 
     # ILink
 
@@ -276,6 +288,7 @@ class SOCPServerFactory(WebSocketServerFactory):
         hub: IHub,
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         limits: Limits = DEFAULT_LIMITS,
+        clock=None,
     ) -> None:
         super().__init__(url, server=f"socp-tw/{__version__}")
         self.hub = IHub(hub)
@@ -286,7 +299,7 @@ class SOCPServerFactory(WebSocketServerFactory):
         #: (64 KiB) plus one frame; with a byte bound above that, sends skip measuring.
         self.flow_control_bounds_backlog = limits.max_send_queue_bytes > TRANSPORT_BUFFER + max_frame_bytes
         self.link_ids = itertools.count(1)
-        tune_factory(self, max_frame_bytes)
+        tune_factory(self, max_frame_bytes, limits.frame_timeout, clock)
 
     def setProtocolOptions(self, **options) -> None:
         super().setProtocolOptions(**options)

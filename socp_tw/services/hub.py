@@ -11,7 +11,10 @@ The hub also enforces the connection-level limits (docs/SECURITY.md), on user an
 pending links (server links are the mesh's business):
 
 - at most ``max_connections`` links, of which at most ``max_pending_connections`` not yet
-  authenticated; a connection beyond that is closed at once (1013, try again later);
+  authenticated, ``max_pending_per_address`` of them (and ``max_unidentified_per_address``
+  without an identifying frame) from one source address; a connection beyond that is closed
+  at once (1013, try again later), except that at the total the address holding the most
+  pending links gives up its oldest instead of a newcomer from elsewhere (services/admission.py);
 - a link must send an identifying first frame within ``identify_timeout`` seconds and
   complete authentication within ``auth_timeout`` seconds, or it is closed (1008);
 - a token bucket per connection (``conn_rate``/``conn_burst``) and one per user across
@@ -42,6 +45,7 @@ from socp_tw import wire
 from socp_tw.interfaces import IHub, ILink, ILinkHandler, ISigner
 from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter, Strikes
 from socp_tw.logs import get_logger
+from socp_tw.services.admission import Admission
 
 __all__ = ["CLOSE_POLICY", "CLOSE_TRY_AGAIN", "Hub"]
 
@@ -87,6 +91,7 @@ class Hub(Service):
         self._user_rate = RateLimiter(limits.user_rate, limits.user_burst, clock, max_keys=max_keys)
         self._error_rate = RateLimiter(limits.error_rate, limits.error_burst, clock, max_keys=max_keys)
         self._strikes = Strikes(limits.conn_strike_limit, limits.conn_strike_window, clock, max_keys=max_keys)
+        self._admission = Admission(limits)
 
     # -- IHub -----------------------------------------------------------------------------------------
 
@@ -101,22 +106,24 @@ class Hub(Service):
         self._bound[link.link_id] = ILinkHandler(handler)
         conn = self._conns.get(link.link_id)
         if conn is not None:
-            conn.identified = True
+            self._identified(conn)
 
     def pending_links(self) -> int:
         """Links not yet authenticated as a user or a server."""
-        return sum(1 for link in self.links.values() if link.role == "pending")
+        return self._admission.pending()
 
     def link_opened(self, link: ILink) -> None:
         limits = self.limits
         if len(self.links) >= limits.max_connections:
             self._turn_away(link, f"server full ({limits.max_connections} connections)")
             return
-        if self.pending_links() >= limits.max_pending_connections:
-            self._turn_away(
-                link, f"too many connections logging in ({limits.max_pending_connections}); try again"
-            )
+        verdict = self._admission.check(link)
+        if not verdict.admit:
+            self._turn_away(link, verdict.why, verdict.counter)
             return
+        if verdict.evict is not None:
+            self._evict(verdict.evict, verdict.why)
+        self._admission.add(link)
         self.links[link.link_id] = link
         conn = self._conns[link.link_id] = _Conn(link)
         if self.running:
@@ -135,7 +142,7 @@ class Hub(Service):
             if envelope.type not in _IDLE_TYPES and (
                 link.link_id in self._bound or envelope.type in self._claims
             ):
-                conn.identified = True
+                self._identified(conn)
         handler = self._bound.get(link.link_id) or self._claims.get(envelope.type)
         if handler is None:
             self.counters["unknown_type"] += 1
@@ -216,8 +223,26 @@ class Hub(Service):
 
     # -- limits -------------------------------------------------------------------------------------
 
-    def _turn_away(self, link: ILink, why: str) -> None:
-        self.counters["refused.full"] += 1
+    def _identified(self, conn: _Conn) -> None:
+        if not conn.identified:
+            conn.identified = True
+            self._admission.identified(conn.link)
+
+    def _evict(self, link: ILink, why: str) -> None:
+        """Close a pending link to make room for a newcomer from a less crowded address."""
+        self.counters["refused.evicted"] += 1
+        self._log.warn(
+            "Closed pending link {link} from {peer}: {why}", link=link.link_id, peer=link.peer, why=why
+        )
+        conn = self._conns.get(link.link_id)
+        if conn is not None:
+            conn.closing = True
+            self._cancel(conn)
+        self._admission.remove(link)
+        link.close(CLOSE_TRY_AGAIN, why)
+
+    def _turn_away(self, link: ILink, why: str, counter: str = "full") -> None:
+        self.counters["refused." + counter] += 1
         self._log.warn("Refused connection from {peer}: {why}", peer=link.peer, why=why)
         link.close(CLOSE_TRY_AGAIN, why)
 
@@ -324,6 +349,7 @@ class Hub(Service):
         conn = self._conns.pop(link.link_id, None)
         if conn is not None:
             self._cancel(conn)
+        self._admission.remove(link)
         self._conn_rate.forget(link.link_id)
         self._error_rate.forget(link.link_id)
         self._strikes.clear(link.link_id)

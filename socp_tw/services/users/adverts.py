@@ -1,4 +1,13 @@
-"""Presence relayed to local users: ``USER_ADVERTISE`` / ``USER_REMOVE`` and the advert cache."""
+"""Presence relayed to local users: ``USER_ADVERTISE`` / ``USER_REMOVE``, batched ``USER_LIST``, the
+advert cache.
+
+By default every local user gets one signed frame per presence event (the same bytes for
+all, one signature): spec clients build their user list and key cache from those.  A
+client that says ``"presence": "lists"`` in its ``USER_HELLO`` (docs/MESH.md, "Presence to
+local users") gets instead one ``USER_LIST {users, removed}`` per :data:`PRESENCE_WINDOW`
+holding every change of that window (the last event per user), in pages of
+:data:`MAX_LIST_USERS`: a burst of logins costs it one frame per window, not one per login.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,14 @@ from twisted.internet.defer import Deferred
 from socp_tw.services.users.state import MAX_CACHED_ADVERTS
 from socp_tw.transport.fanout import sign_for_all
 
+PRESENCE_WINDOW = 0.2  # seconds presence changes are gathered before one USER_LIST goes out
+MAX_LIST_USERS = 50  # users per USER_LIST page (an advert is ~2.3 KB: a page stays far below a frame)
+PRESENCE_LISTS = "lists"  # USER_HELLO "presence" value that asks for batched USER_LIST
+
 
 class _Adverts:
-    """IPresenceObserver for :class:`UserSide`: one signed frame per event, replayed after a hello."""
+    """IPresenceObserver for :class:`UserSide`: one signed frame per event, replayed after a hello;
+    batched for the links in ``_list_links``."""
 
     def user_online(self, entry: Any) -> None:
         meta = {**entry.meta, "pubkey": entry.pubkey}
@@ -34,14 +48,61 @@ class _Adverts:
             return data
 
         frame.addCallback(remember)
+        self._gather(entry.user_id, True, payload)
 
     def user_offline(self, entry: Any) -> None:
         self._adverts.pop(entry.user_id, None)
-        self._relay("USER_REMOVE", {"user_id": entry.user_id, "server_id": entry.server_id}, entry.user_id)
+        payload = {"user_id": entry.user_id, "server_id": entry.server_id}
+        self._relay("USER_REMOVE", payload, entry.user_id)
+        self._gather(entry.user_id, False, payload)
 
     def _relay(self, frame_type: str, payload: dict[str, Any], about: str) -> Deferred:
-        """Sign one frame and send the same bytes to every local user but ``about``."""
-        links = [e.link for e in self._presence.local_entries() if e.user_id != about]
+        """Sign one frame and send the same bytes to every local user but ``about`` (and those
+        who get lists)."""
+        lists = self._list_links
+        links = [
+            e.link
+            for e in self._presence.local_entries()
+            if e.user_id != about and e.link.link_id not in lists
+        ]
         frame = sign_for_all(self._signer, self._log, frame_type, payload, links)
         self.counters["relayed." + frame_type] += len(links)
         return frame  # fires with the frame's bytes, or None if signing failed
+
+    # -- batched presence (USER_LIST)
+
+    def _gather(self, user_id: str, online: bool, item: dict[str, Any]) -> None:
+        """Keep the last change of ``user_id`` for the next USER_LIST, if anyone gets lists."""
+        if not self._list_links:
+            return
+        self._presence_batch.pop(user_id, None)  # re-inserted: the pages keep the order of the events
+        self._presence_batch[user_id] = (online, item)
+        if self._presence_call is None:
+            self._presence_call = self._clock.callLater(PRESENCE_WINDOW, self._send_lists)
+
+    def _send_lists(self) -> None:
+        """End of a window: one USER_LIST page per :data:`MAX_LIST_USERS` changes, the same bytes
+        to every local user who asked for lists (its own advert included: a client skips it)."""
+        self._presence_call = None
+        batch, self._presence_batch = self._presence_batch, {}
+        self._list_links.intersection_update(self._links)  # closed links leave
+        lists = self._list_links
+        links = [e.link for e in self._presence.local_entries() if e.link.link_id in lists]
+        if not links or not batch:
+            return
+        changes = list(batch.values())
+        for start in range(0, len(changes), MAX_LIST_USERS):
+            page = changes[start : start + MAX_LIST_USERS]
+            payload = {
+                "users": [item for online, item in page if online],
+                "removed": [item for online, item in page if not online],
+            }
+            sign_for_all(self._signer, self._log, "USER_LIST", payload, links)
+            self.counters["relayed.USER_LIST"] += len(links)
+        self.counters["presence_lists"] += 1
+
+    def stopService(self) -> Any:
+        if self._presence_call is not None and self._presence_call.active():
+            self._presence_call.cancel()
+        self._presence_call = None
+        return super().stopService()

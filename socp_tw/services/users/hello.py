@@ -12,6 +12,7 @@ from socp_tw.auth.errors import KeystoreError
 from socp_tw.auth.hello import hello_proof_preimage
 from socp_tw.interfaces import ILink, NameInUse
 from socp_tw.interfaces.users import DIFFERS
+from socp_tw.services.users.adverts import PRESENCE_LISTS
 from socp_tw.services.users.names import stored_name
 from socp_tw.services.users.state import (
     MAX_CLIENT_NAME,
@@ -47,6 +48,7 @@ class _Hello:
         enc_text = _optional_str(payload, "enc_pubkey", MAX_KEY_TEXT)
         nonce = _optional_str(payload, "nonce", 256)
         proof = _optional_str(payload, "proof", 2048)
+        state.presence_lists = _optional_str(payload, "presence", 32) == PRESENCE_LISTS
         key = crypto.load_public_key(pubkey_text)
         meta: dict[str, Any] = {}
         if client is not None:
@@ -202,6 +204,8 @@ class _Hello:
         state.login = None
         link.role = "user"
         link.identity = claim.user_id
+        if state.presence_lists:
+            self._list_links.add(link.link_id)
         self._hub.bind(link, self)
         self.counters["hello_ok"] += 1
         self._log.info(

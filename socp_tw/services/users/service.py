@@ -89,6 +89,11 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         #: online: its bytes, or the signing Deferred while the signature is still being made
         #: (a user arriving in that window must not miss the advertisement).
         self._adverts: dict[str, bytes | Deferred] = {}
+        #: Links whose client asked for batched presence (USER_HELLO ``presence: "lists"``), the
+        #: changes gathered for their next USER_LIST and its timer (``adverts.py``).
+        self._list_links: set[str] = set()
+        self._presence_batch: dict[str, tuple[bool, dict]] = {}
+        self._presence_call = None
         self._auth_handlers: dict[str, Callable[[_UserLink, wire.Envelope], Deferred | None]] = {
             "USER_REGISTER": self._register,
             "USER_LOGIN_START": self._login_start,

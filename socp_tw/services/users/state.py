@@ -101,6 +101,7 @@ class _UserLink:
     reading_paused: bool = False
     closed: bool = False
     sign_ahead: bool = True  # DMs signed while their content_sig is checked (until one fails)
+    presence_lists: bool = False  # its hello asked for batched USER_LIST presence (adverts.py)
 
 
 def _normalised_key_text(text: str) -> str | None:

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from socp_tw import crypto, wire
 from socp_tw.identity import ServerIdentity
 from socp_tw.limits import DEFAULT_LIMITS
+from socp_tw.services.admission import source_address
 from socp_tw.services.hub import Hub
 from socp_tw.signer import FrameSigner
 from socp_tw.test.keys import test_key
@@ -369,3 +370,121 @@ class ConnectionCountTests(SynchronousTestCase):
         sixth = FakeLink("in-6")
         hub.link_opened(sixth)
         self.assertIsNone(sixth.closed)
+
+
+def link_from(address: str, number: int) -> FakeLink:
+    link = FakeLink(f"in-{address}-{number}")
+    link.peer = f"{address}:{40000 + number}"
+    return link
+
+
+class FairAdmissionTests(SynchronousTestCase):
+    """Per-address caps on pending links, and who gives way when the total is reached."""
+
+    def hub(self, **limits) -> tuple[Hub, Clock]:
+        hub, clock, _ = limited_hub(**limits)
+        self.addCleanup(hub.stopService)
+        return hub, clock
+
+    def test_unidentified_and_pending_caps_per_address(self) -> None:
+        hub, _ = self.hub(max_pending_per_address=4, max_unidentified_per_address=3)
+        links = [link_from("10.0.0.1", n) for n in range(5)]
+        for link in links[:4]:
+            hub.link_opened(link)
+        self.assertEqual([link.closed for link in links[:3]], [None] * 3)
+        self.assertEqual(
+            links[3].closed, (1013, "too many connections from 10.0.0.1 not identified yet (3); try again")
+        )
+        self.assertEqual(hub.counters["refused.address"], 1)
+        hub.frame_received(links[0], frame())  # a login starts: identified, still pending
+        retry = link_from("10.0.0.1", 9)
+        hub.link_opened(retry)
+        self.assertIsNone(retry.closed)
+        hub.frame_received(retry, frame())
+        hub.link_opened(links[4])
+        self.assertEqual(
+            links[4].closed, (1013, "too many connections from 10.0.0.1 logging in (4); try again")
+        )
+        other = link_from("10.0.0.2", 1)
+        hub.link_opened(other)  # another address is not affected
+        self.assertIsNone(other.closed)
+        self.assertEqual(hub.pending_links(), 5)
+
+    def test_authenticated_links_free_their_address(self) -> None:
+        hub, _ = self.hub(max_pending_per_address=2, max_unidentified_per_address=2)
+        first, second, third = (link_from("10.0.0.1", n) for n in range(3))
+        hub.link_opened(first)
+        hub.link_opened(second)
+        first.role, first.identity = "user", USER_ID  # hello accepted: no longer pending
+        hub.link_opened(third)
+        self.assertIsNone(third.closed)
+        self.assertEqual(hub.pending_links(), 2)
+        hub.link_closed(second, "bye")
+        self.assertEqual(hub.pending_links(), 1)
+
+    def test_at_the_total_the_most_crowded_address_gives_way(self) -> None:
+        hub, clock = self.hub(
+            max_pending_connections=4, max_pending_per_address=3, max_unidentified_per_address=3
+        )
+        crowd = [link_from("10.0.0.1", n) for n in range(3)]
+        for link in crowd:
+            hub.link_opened(link)
+        hub.frame_received(crowd[0], frame())  # the crowd's oldest identified; its second is not
+        alone = link_from("10.0.0.2", 1)
+        hub.link_opened(alone)
+        newcomer = link_from("192.0.2.7", 1)
+        hub.link_opened(newcomer)
+        self.assertIsNone(newcomer.closed)
+        self.assertIsNone(crowd[0].closed)
+        self.assertEqual(crowd[1].closed[0], 1013)  # its oldest unidentified
+        self.assertIn("the most (3) from 10.0.0.1", crowd[1].closed[1])
+        self.assertEqual(hub.counters["refused.evicted"], 1)
+        self.assertEqual(hub.pending_links(), 4)
+        hub.frame_received(crowd[1], frame())  # the evicted link's last frames go nowhere
+        self.assertEqual(hub.counters["dropped.closing"], 1)
+        # The most crowded address (10.0.0.1, 2 now) itself is refused, not served at others' cost.
+        more = link_from("10.0.0.1", 7)
+        hub.link_opened(more)
+        self.assertEqual(more.closed, (1013, "too many connections logging in (4); try again"))
+        # The evicted link's identify timer went with it; the others' still run.
+        hub.link_closed(crowd[1], "evicted")
+        clock.advance(DEFAULT_LIMITS.identify_timeout)
+        self.assertEqual(alone.closed[0], 1008)
+        self.assertIsNone(crowd[0].closed)
+
+    def test_one_address_cannot_lock_out_others(self) -> None:
+        """The issue's case, with the default limits: 1,000 connections from one address
+        that never identify, then many more from 20 addresses; a new user still gets in."""
+        hub, _ = self.hub()
+        flood = [link_from("10.0.0.1", n) for n in range(1000)]
+        for link in flood:
+            hub.link_opened(link)
+        admitted = [link for link in flood if link.closed is None]
+        self.assertEqual(len(admitted), DEFAULT_LIMITS.max_unidentified_per_address)
+        for address in range(2, 22):
+            for n in range(DEFAULT_LIMITS.max_unidentified_per_address):
+                hub.link_opened(link_from(f"10.0.0.{address}", n))
+        self.assertEqual(hub.pending_links(), DEFAULT_LIMITS.max_pending_connections)
+        user = link_from("192.0.2.7", 1)
+        hub.link_opened(user)
+        self.assertIsNone(user.closed)
+        self.assertEqual(hub.pending_links(), DEFAULT_LIMITS.max_pending_connections)
+        self.assertEqual(flood[0].closed[0], 1013)  # the oldest of a crowded address made room
+
+    def test_defaults_leave_room_for_nat(self) -> None:
+        limits = DEFAULT_LIMITS
+        self.assertLess(limits.max_unidentified_per_address, limits.max_pending_per_address)
+        self.assertLessEqual(limits.max_pending_per_address * 4, limits.max_pending_connections)
+
+
+class SourceAddressTests(SynchronousTestCase):
+    def test_forms(self) -> None:
+        self.assertEqual(source_address("127.0.0.1:5000"), "127.0.0.1")
+        self.assertEqual(source_address("tcp:10.1.2.3:80"), "10.1.2.3")
+        self.assertEqual(source_address("tcp6:::ffff:10.1.2.3:80"), "10.1.2.3")
+        self.assertEqual(source_address("[2001:db8::1]:443"), "2001:db8::/64")
+        self.assertEqual(source_address("unix"), "unix")
+
+    def test_ipv6_counts_per_64(self) -> None:
+        self.assertEqual(source_address("tcp6:2001:db8:0:0:1::2:443"), source_address("tcp6:2001:db8::9:1"))
+        self.assertNotEqual(source_address("tcp6:2001:db8:0:1::1:1"), source_address("tcp6:2001:db8::1:1"))
