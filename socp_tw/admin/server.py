@@ -68,7 +68,7 @@ class Admin:
                     "direction": state.direction,
                     "state": "up" if state.healthy else "linking",
                     "last_heard_s": round(now - state.last_seen, 1) if state.last_seen else None,
-                    "rtt_ms": None,  # not measured by the mesh yet
+                    "rtt_ms": _rtt_ms(state.link),
                 }
             )
         local, total = s["presence"].counts()
@@ -256,3 +256,9 @@ class AdminService(StreamServerEndpointService):
             self.running = False
             return None
         return super().stopService()
+
+
+def _rtt_ms(link: Any) -> float | None:
+    """The link's last WebSocket ping round trip in ms (pinged once per heartbeat), or None."""
+    rtt = getattr(link, "rtt", None)
+    return None if rtt is None else round(rtt * 1000, 1)

@@ -35,6 +35,7 @@ from twisted.internet.tcp import Connection
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _MASK_BIT = 0x80
+_RTT_PAYLOAD = b"socp-rtt"
 _CLOSE_POLICY = 1008  # RFC 6455: policy violation (a frame too slow to arrive)
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")  # not on Windows: always the buffered path
 
@@ -214,6 +215,30 @@ class FastFrames:
         if not self.inside_message:  # a ping inside a fragmented message does not finish it
             self._received += 1
         return super().processControlFrame()
+
+    # -- round trip (server links: the mesh pings once per heartbeat)
+
+    rtt: float | None = None  # seconds, of the last answered ping
+    _ping_sent: float | None = None
+
+    def ping(self, now: float) -> None:
+        """Send a WebSocket ping (RFC 6455 §5.5.2: every peer answers it with a pong) to time
+        the round trip; ``now`` is the caller's clock.  A ping still unanswered is not repeated."""
+        if self.state != _OPEN or self._ping_sent is not None:
+            return
+        self._ping_sent = now
+        self.sendPing(_RTT_PAYLOAD)
+
+    def onPong(self, payload: bytes) -> None:
+        sent, self._ping_sent = self._ping_sent, None
+        if sent is not None and payload == _RTT_PAYLOAD:
+            self.rtt = max(self._pong_now() - sent, 0.0)
+
+    def _pong_now(self) -> float:
+        clock = getattr(self.factory, "frame_clock", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        return clock.seconds()
 
     # -- framing
 

@@ -22,7 +22,7 @@ from socp_tw.admin.peers import SEEN_FILE, PeerSweeper, parse_duration
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, RunningServer, prepare_data_dir
 from socp_tw.test.test_startup import TREE
-from socp_tw.test.waiting import wait_until
+from socp_tw.test.waiting import poll_until, wait_until
 from socp_tw.testing import FakeLink
 
 USER_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -157,10 +157,13 @@ class PeersTests(TestCase):
         self.assertEqual(peer["fingerprint"], crypto.fingerprint(b.public_key_text))
         out, _, _ = yield socpctl(a_dir, "peers")
         self.assertIn(f"{b.server_id}  {peer['fingerprint']}", out)
+        # The round trip: one WebSocket ping per heartbeat (0.5 s in these servers).
+        yield poll_until(lambda: a.mesh.link_to(b.server_id).rtt is not None, what="a ping answered")
         out, _, _ = yield socpctl(a_dir, "--json", "status")
         (link,) = json.loads(out)["links"]
         self.assertEqual((link["server_id"], link["direction"]), (b.server_id, "incoming"))  # b dialled a
         self.assertIsNotNone(link["last_heard_s"])
+        self.assertGreaterEqual(link["rtt_ms"], 0.0)
         out, _, _ = yield socpctl(a_dir, "status")
         self.assertRegex(out, rf"links    1\n  {b.server_id}  incoming  (up|linking) +heard ")
 

@@ -43,6 +43,9 @@ class Liveness:
 
     def _heartbeat(self, state: _LinkState) -> None:
         state.link.send(self._signer.frame("HEARTBEAT", state.server_id, {}))
+        ping = getattr(state.link, "ping", None)  # the round trip shown by socpctl status
+        if ping is not None:
+            ping(self._clock.seconds())
 
     def _arm_dead_timer(self, state: _LinkState) -> None:
         if state.dead_timer is not None and state.dead_timer.active():
