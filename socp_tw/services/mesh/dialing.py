@@ -45,6 +45,10 @@ __all__ = ["ClientFactory", "OutgoingLinks", "PeerDialer", "backoff_policy"]
 
 _log = get_logger("socp_tw.peer")
 
+#: Redial failures logged one by one; after that, one line per peer per period, with a count.
+REDIALS_LOGGED = 3
+REDIAL_LOG_PERIOD = 60.0
+
 #: Builds the WebSocket client factory of one dial attempt: ``(owner, max_frame_bytes)``.
 ClientFactory = Callable[[IOutgoingLinkOwner, int], IProtocolFactory]
 
@@ -109,6 +113,8 @@ class PeerDialer:
         self.join = join
         self.pem = False  # send our key as b64u(PEM) in SERVER_HELLO_JOIN (bootstrap key given as PEM)
         self.failures = 0
+        self._last_logged = float("-inf")  # when the last redial line was logged
+        self._logged_failures = 0  # self.failures at that line
         self.attempts = 0
         self.link: ILink | None = None
         self.wanted = False
@@ -174,6 +180,7 @@ class PeerDialer:
     def mark_healthy(self) -> None:
         """The peer accepted the link: the next redial starts from the shortest delay."""
         self.failures = 0
+        self._logged_failures = 0
 
     # -- ClientService plumbing -----------------------------------------------------------------
 
@@ -182,12 +189,19 @@ class PeerDialer:
         self.failures += 1
         delay = self.outgoing.delay_for(self.failures)
         if self.wanted and self.outgoing.running:
-            _log.info(
-                "Peer {url} unreachable or link lost; retry {failures} in {delay:.1f} s",
-                url=self.url,
-                failures=self.failures,
-                delay=delay,
-            )
+            # The first failures one by one, then one line a minute per peer with the count:
+            # a peer that stays away must not fill the log (docs/OPERATIONS.md).
+            now = self.outgoing.clock.seconds()
+            if self.failures <= REDIALS_LOGGED or now - self._last_logged >= REDIAL_LOG_PERIOD:
+                since = self.failures - self._logged_failures
+                _log.info(
+                    "Peer {url} unreachable or link lost; retry {failures} in {delay:.1f} s{more}",
+                    url=self.url,
+                    failures=self.failures,
+                    delay=delay,
+                    more="" if since <= 1 else f" ({since} failed attempts since the last line)",
+                )
+                self._last_logged, self._logged_failures = now, self.failures
         return delay
 
     def _schedule_reconcile(self) -> None:

@@ -59,6 +59,31 @@ class BackoffTests(SynchronousTestCase):
         outgoing.base_delay, outgoing.max_delay = 0.1, 0.3
         self.assertEqual([outgoing.delay_for(n) for n in (1, 2, 3, 4)], [0.1, 0.2, 0.3, 0.3])
 
+    def test_redials_are_logged_one_by_one_then_once_a_minute(self) -> None:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = MemoryReactorClock()
+        outgoing = outgoing_links(RecordingPeerLinkEvents(), clock, rand=lambda: 0.0)
+        outgoing.running = True
+        dialer = outgoing.dialer("127.0.0.1", 9)
+        dialer.wanted = True
+
+        def lines() -> list[str]:
+            return [formatEvent(e) for e in events if "unreachable or link lost" in formatEvent(e)]
+
+        for _ in range(10):
+            dialer._next_delay(0)
+            clock.advance(1)
+        self.assertEqual(len(lines()), 3)  # the first three, then quiet
+        clock.advance(60)
+        dialer._next_delay(0)
+        self.assertEqual(len(lines()), 4)
+        self.assertIn("retry 11 ", lines()[-1])
+        self.assertIn("(8 failed attempts since the last line)", lines()[-1])
+
     def test_is_twisteds_policy_shifted_by_one(self) -> None:
         twisted_policy = backoffPolicy(initialDelay=0.5, maxDelay=30.0, factor=2.0, jitter=lambda: 0.0)
         policy = backoff_policy(rand=lambda: 0.0)
