@@ -222,7 +222,12 @@ class Router(DeliveryOutcomes, Service):
         """Why relayed content must not reach a local user (sender key, content_sig), or None."""
         try:
             known = self._presence.lookup(sender)
-            if known is not None and known.pubkey != sender_pub and not _same_key(known.pubkey, sender_pub):
+            if (
+                known is not None
+                and known.pubkey  # a keyless advert (docs/INTEROP.md row 1) leaves only the pin
+                and known.pubkey != sender_pub
+                and not _same_key(known.pubkey, sender_pub)
+            ):
                 raise ContentError(f"sender_pub of {sender} differs from the key its server advertised")
             if self._user_keys is not None and self._user_keys.check(sender, sender_pub) == DIFFERS:
                 raise ContentError(f"sender_pub of {sender} differs from the key pinned for it")

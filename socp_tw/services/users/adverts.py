@@ -15,13 +15,16 @@ class _Adverts:
     """IPresenceObserver for :class:`UserSide`: one signed frame per event, replayed after a hello."""
 
     def user_online(self, entry: UserPresence) -> None:
-        meta = {**entry.meta, "pubkey": entry.pubkey}
-        payload = {
-            "user_id": entry.user_id,
-            "server_id": entry.server_id,
-            "pubkey": entry.pubkey,
-            "meta": meta,
-        }
+        if entry.pubkey:
+            meta = {**entry.meta, "pubkey": entry.pubkey}
+            payload = {
+                "user_id": entry.user_id,
+                "server_id": entry.server_id,
+                "pubkey": entry.pubkey,
+                "meta": meta,
+            }
+        else:  # learnt from a keyless advert (docs/INTEROP.md row 1): a location, no key to relay
+            payload = {"user_id": entry.user_id, "server_id": entry.server_id, "meta": dict(entry.meta)}
         frame = self._relay("USER_ADVERTISE", payload, entry.user_id)
         if entry.user_id in self._adverts or len(self._adverts) < MAX_CACHED_ADVERTS:
             self._adverts[entry.user_id] = frame

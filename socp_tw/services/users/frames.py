@@ -97,7 +97,7 @@ class _AuthenticatedFrames:
     def _pubkey_request(self, link: ILink, user_id: str, envelope: wire.Envelope) -> Deferred | None:
         wanted = wire.require_uuid(envelope.payload, "user_id")
         entry = self._presence.lookup(wanted)
-        if entry is None:
+        if entry is None or not entry.pubkey:  # a keyless advert: the pin, if any, has the key
             if self._user_keys.lookup(wanted) is None:
                 self.send_error(
                     link,
