@@ -18,6 +18,7 @@ from socp_tw.services.mesh.state import (
     _says_it_acks,
     envelope_list,
 )
+from socp_tw.transport.fanout import send_to_all
 
 
 class Handshake:
@@ -314,7 +315,17 @@ class Handshake:
             url=dialer.url,
             count=listed,
         )
-        self.broadcast(self._signer.frame("SERVER_ANNOUNCE", "*", self._address_payload()))
+        self._announce_self()
+
+    def _announce_self(self) -> None:
+        """SERVER_ANNOUNCE to every link, our key in the encoding of each peer's own key (§8:
+        a PEM-only peer cannot verify a DER key): one frame per encoding, at most two signatures."""
+        by_encoding: dict[bool, list[ILink]] = {}
+        for server_id, state in self._by_server.items():
+            known = self._known.get(server_id)
+            by_encoding.setdefault(known is not None and known.pem, []).append(state.link)
+        for pem, links in sorted(by_encoding.items()):
+            send_to_all(links, self._signer.frame("SERVER_ANNOUNCE", "*", self._address_payload(pem=pem)))
 
     def _adopt_id(self, assigned: str, introducer: str) -> None:
         old = self.server_id

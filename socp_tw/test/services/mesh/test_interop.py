@@ -8,7 +8,20 @@ from __future__ import annotations
 import json
 
 from socp_tw import crypto
-from socp_tw.test.services.mesh.support import S1, S2, USER, TwoLinksTestCase, user_pub
+from socp_tw.test.keys import test_key
+from socp_tw.test.services.mesh.support import (
+    HERE,
+    KEYS,
+    S1,
+    S2,
+    USER,
+    MeshTestCase,
+    TwoLinksTestCase,
+    pub,
+    user_pub,
+)
+from socp_tw.testing import FakeLink
+from socp_tw.testing.signing import verify_server_frame
 
 
 class KeyInMetaOnlyTests(TwoLinksTestCase):
@@ -65,3 +78,28 @@ class KeyInMetaOnlyTests(TwoLinksTestCase):
         self.receive(self.l2, self.frame("USER_ADVERTISE", S2, speaks_for_s1))
         self.assertIsNone(self.presence.lookup(USER))
         self.assertEqual(self.mesh.counters["dropped.not_hosting_server"], 1)
+
+
+class AnnounceMirrorsEncodingTests(MeshTestCase):
+    """Row 2: after a WELCOME that carried the introducer's key as b64u(PEM), our SERVER_ANNOUNCE
+    goes to that peer with our key as b64u(PEM), and to the other (DER) peers as DER."""
+
+    def test_announce_mirrors_each_peers_encoding(self) -> None:
+        der_peer = self.link_in(S2)
+        der_peer.sent.clear()
+        dialer = self.mesh.join("127.0.0.1", 9101)
+        link = FakeLink("out-join")
+        link.outgoing = True
+        self.mesh.outgoing_opened(link, dialer)
+        s1_pem = crypto.encode_public_key(test_key(KEYS[S1]), pem=True)
+        payload = {
+            "assigned_id": HERE,
+            "servers": [{"server_id": S1, "host": "127.0.0.1", "port": 9101, "pubkey": s1_pem}],
+        }
+        self.receive(link, self.frame("SERVER_WELCOME", S1, payload, to=HERE))
+        [to_s1] = [f for f in link.frames() if f["type"] == "SERVER_ANNOUNCE" and f["from"] == HERE]
+        [to_s2] = [f for f in der_peer.frames() if f["type"] == "SERVER_ANNOUNCE" and f["from"] == HERE]
+        self.assertEqual(to_s1["payload"]["pubkey"], crypto.encode_public_key(test_key(KEYS[HERE]), pem=True))
+        self.assertEqual(to_s2["payload"]["pubkey"], pub(HERE))
+        for frame in (to_s1, to_s2):
+            self.assertTrue(verify_server_frame(frame, pub(HERE)))
