@@ -33,6 +33,7 @@ from socp_tw.interfaces import (
 from socp_tw.limits import DEFAULT_LIMITS, check_ts_window
 from socp_tw.logs import get_logger
 from socp_tw.services.delivery import DeliveryTracker, delivery_ref
+from socp_tw.services.keymirror import key_for
 from socp_tw.services.outcomes import MAX_HELD_AGE_MS, DeliveryOutcomes
 from socp_tw.services.userkeys import DIFFERS
 
@@ -192,16 +193,24 @@ class Router(DeliveryOutcomes, Service):
     ) -> None:
         """Send a local user its copy; ``frame``: its signature, if already started."""
         if frame is None:
-            frame = self._local_frame(kind, recipient, fields, ts, sender, sender_pub)
+            frame = self._local_frame(kind, recipient, fields, ts, sender, sender_pub, link)
         self._check(verified, frame)
         link.send(frame)
         self._count("local")
 
     def _local_frame(
-        self, kind: str, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str
+        self,
+        kind: str,
+        recipient: str,
+        fields: dict[str, Any],
+        ts: int,
+        sender: str,
+        sender_pub: str,
+        link: ILink | None = None,
     ) -> Deferred:
-        """Start signing what a local recipient gets: USER_DELIVER for a DM, else the frame's own type."""
-        payload = {**fields, "sender": sender, "sender_pub": sender_pub}
+        """Start signing what a local recipient gets: USER_DELIVER for a DM, else the frame's own type.
+        ``sender_pub`` goes in the encoding the recipient on ``link`` reads (services/keymirror.py)."""
+        payload = {**fields, "sender": sender, "sender_pub": key_for(link, sender_pub)}
         frame_type = "USER_DELIVER" if kind == "MSG_DIRECT" else kind
         return self._signer.frame(frame_type, recipient, payload, ts=ts)
 
@@ -276,7 +285,7 @@ class Router(DeliveryOutcomes, Service):
         entry = self._presence.lookup(recipient)
         if entry is None or not entry.local:
             return None
-        frame = self._local_frame(kind, recipient, fields, envelope.ts, sender, sender_pub)
+        frame = self._local_frame(kind, recipient, fields, envelope.ts, sender, sender_pub, entry.link)
         return PreparedDelivery(entry.link, frame, envelope, delivery)
 
     def deliver_from_server(

@@ -11,6 +11,7 @@ from socp_tw import crypto, wire
 from socp_tw.auth.errors import KeystoreError
 from socp_tw.auth.hello import hello_proof_preimage
 from socp_tw.interfaces import ILink
+from socp_tw.services.keymirror import key_for
 from socp_tw.services.presence import NameInUse
 from socp_tw.services.userkeys import DIFFERS
 from socp_tw.services.users.state import (
@@ -21,7 +22,6 @@ from socp_tw.services.users.state import (
     _optional_str,
     _UserLink,
 )
-from socp_tw.transport.fanout import copies_of
 
 
 class _Hello:
@@ -48,6 +48,7 @@ class _Hello:
         nonce = _optional_str(payload, "nonce", 256)
         proof = _optional_str(payload, "proof", 2048)
         key = crypto.load_public_key(pubkey_text)
+        state.pem_keys = crypto.is_pem_b64u(pubkey_text)
         meta: dict[str, Any] = {}
         if client is not None:
             meta["client"] = client
@@ -199,6 +200,7 @@ class _Hello:
         state.login = None
         link.role = "user"
         link.identity = claim.user_id
+        link.pem_keys = state.pem_keys  # keys sent to it mirror its own (services/keymirror.py)
         self._hub.bind(link, self)
         self.counters["hello_ok"] += 1
         self._log.info(
@@ -215,9 +217,7 @@ class _Hello:
             {
                 "msg_ref": "USER_HELLO",
                 "server_id": self._signer.server_id,
-                "server_pub": self._signer.public_key_text,
+                "server_pub": key_for(link, self._signer.public_key_text),
             },
         )
-        for user_id, frame in list(self._adverts.items()):
-            if user_id != claim.user_id:
-                link.send(copies_of(frame, 1)[0])
+        self._replay_adverts(link, claim.user_id)

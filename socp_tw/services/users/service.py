@@ -88,6 +88,7 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         #: online: its bytes, or the signing Deferred while the signature is still being made
         #: (a user arriving in that window must not miss the advertisement).
         self._adverts: dict[str, bytes | Deferred] = {}
+        self._adverts_pem: dict[str, bytes | Deferred] = {}  # the same, keys as PEM (keymirror)
         self._auth_handlers: dict[str, Callable[[_UserLink, wire.Envelope], Deferred | None]] = {
             "USER_REGISTER": self._register,
             "USER_LOGIN_START": self._login_start,

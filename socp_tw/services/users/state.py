@@ -101,6 +101,7 @@ class _UserLink:
     reading_paused: bool = False
     closed: bool = False
     sign_ahead: bool = True  # DMs signed while their content_sig is checked (until one fails)
+    pem_keys: bool = False  # its hello key was b64u(PEM): keys sent to it are too (keymirror)
 
 
 def _normalised_key_text(text: str) -> str | None:
