@@ -256,9 +256,19 @@ class Handshake:
                 raise KeyRefused("BAD_KEY", "SERVER_WELCOME does not carry the introducer's key")
             key_text = offered_text if offered_text is not None else expected
             key, _ = self._check_key(introducer, key_text, "SERVER_WELCOME", (dialer.host, dialer.port))
-            if (expected is not None or envelope.sig) and not crypto.verify_payload(
-                key, payload, envelope.sig
-            ):
+            if not envelope.sig:
+                # Some servers never sign their WELCOME (docs/INTEROP.md row 7): accepted when its
+                # own entry carries exactly the pinned key (or none is pinned yet); _check_key has
+                # refused any other key, and every later frame on the link is verified with it.
+                if offered_text is None:
+                    raise KeyRefused("INVALID_SIG", "SERVER_WELCOME has no signature and carries no key")
+                self.counters["welcome.unsigned"] += 1
+                self._log.info(
+                    "SERVER_WELCOME from {url} has no signature: accepted, it carries {which} key",
+                    url=dialer.url,
+                    which="the pinned" if expected is not None else "its (now pinned)",
+                )
+            elif not crypto.verify_payload(key, payload, envelope.sig):
                 raise KeyRefused("INVALID_SIG", "SERVER_WELCOME signature does not verify")
             known = self._remember(introducer, key, key_text, address, "SERVER_WELCOME", linked=True)
             own_item = next(

@@ -303,11 +303,11 @@ class WelcomeTests(SynchronousTestCase):
         self.assertEqual(link.closed[0], 1008)
         self.assertEqual(node.mesh.connected_servers(), [])
         self.assertEqual(node.mesh.counters["key_refused"], 1)
-        # An unsigned WELCOME is no better once the key is known in advance.
+        # An unsigned WELCOME with another key than the pin is no better (INTEROP.md row 7).
         link2 = FakeLink("out-2")
         link2.outgoing = True
         node.mesh.outgoing_opened(link2, dialer)
-        self.welcome(node, link2, {"assigned_id": HERE, "server_pub": pub(S1)}, sig="")
+        self.welcome(node, link2, {"assigned_id": HERE, "server_pub": pub(S2)}, sig="")
         self.assertEqual(link2.closed[0], 1008)
 
     def test_welcome_when_already_linked_by_us(self) -> None:

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 
-from socp_tw import crypto
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from socp_tw import crypto, wire
+from socp_tw.bootstrap import BootstrapEntry
 from socp_tw.test.keys import test_key
 from socp_tw.test.services.mesh.support import (
     HERE,
@@ -16,6 +20,7 @@ from socp_tw.test.services.mesh.support import (
     S2,
     USER,
     MeshTestCase,
+    Node,
     TwoLinksTestCase,
     pub,
     user_pub,
@@ -103,3 +108,58 @@ class AnnounceMirrorsEncodingTests(MeshTestCase):
         self.assertEqual(to_s2["payload"]["pubkey"], pub(HERE))
         for frame in (to_s1, to_s2):
             self.assertTrue(verify_server_frame(frame, pub(HERE)))
+
+
+class UnsignedWelcomeTests(SynchronousTestCase):
+    """Row 7: SERVER_WELCOME without a ``sig`` field."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def start(self, pinned: bool) -> tuple[Node, FakeLink]:
+        if pinned:
+            entry = BootstrapEntry("127.0.0.1", 9101, pub(S1), test_key(KEYS[S1]).public_key())
+            node = Node(self, HERE, self.clock, bootstrap=[entry])
+        else:
+            node = Node(self, HERE, self.clock, peers=[("127.0.0.1", 9101)])
+        [dialer] = node.outgoing.dialers
+        link = FakeLink("out-1")
+        link.outgoing = True
+        node.mesh.outgoing_opened(link, dialer)
+        return node, link
+
+    def unsigned_welcome(self, node: Node, link: FakeLink, key: str) -> None:
+        payload = {
+            "assigned_id": HERE,
+            "servers": [{"server_id": S1, "host": "127.0.0.1", "port": 9101, "pubkey": key}],
+        }
+        data = json.dumps(
+            {"type": "SERVER_WELCOME", "from": S1, "to": HERE, "ts": node.now_ms(), "payload": payload}
+        ).encode()
+        node.mesh.frame_received(link, wire.parse_envelope(data))
+
+    def test_unsigned_welcome_with_the_pinned_key_is_accepted(self) -> None:
+        node, link = self.start(pinned=True)
+        self.unsigned_welcome(node, link, crypto.encode_public_key(test_key(KEYS[S1]), pem=True))
+        self.assertEqual(node.mesh.connected_servers(), [S1])
+        self.assertIsNone(link.closed)
+        self.assertEqual(node.mesh.counters["welcome.unsigned"], 1)
+        # Every later frame is verified with the pinned key.
+        forged = {"user_id": USER, "server_id": S1, "pubkey": user_pub()}
+        sig = crypto.sign_payload(test_key(KEYS[S2]), forged)
+        node.mesh.frame_received(link, wire.Envelope("USER_ADVERTISE", S1, "*", node.now_ms(), forged, sig))
+        self.assertIsNone(node.presence.lookup(USER))
+
+    def test_unsigned_welcome_with_another_key_is_refused(self) -> None:
+        node, link = self.start(pinned=True)
+        self.unsigned_welcome(node, link, pub(S2))
+        self.assertEqual(node.mesh.connected_servers(), [])
+        self.assertEqual(link.closed[0], 1008)
+
+    def test_unsigned_welcome_without_a_pin_pins_its_key(self) -> None:
+        node, link = self.start(pinned=False)
+        self.unsigned_welcome(node, link, pub(S1))
+        self.assertEqual(node.mesh.connected_servers(), [S1])
+        self.assertEqual(
+            node.mesh.server_key(S1).public_numbers(), test_key(KEYS[S1]).public_key().public_numbers()
+        )
