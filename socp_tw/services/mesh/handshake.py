@@ -175,9 +175,24 @@ class Handshake:
         try:
             key, _ = self._check_key(server_id, key_text, envelope.type, (host, port))
             pinned = server_id in self._known or (host, port) in self._boot_keys
-            if envelope.sig or pinned:
-                if not crypto.verify_payload(key, envelope.payload, envelope.sig):
-                    raise KeyRefused("INVALID_SIG", f"{envelope.type} signature does not verify")
+            if not envelope.sig and pinned:
+                # Some servers never sign a LINK (docs/INTEROP.md row 9): accepted when its key is
+                # the pinned one (_check_key refused any other) and it does not displace a live
+                # link; every later frame on it is verified with that key, so a copier of the
+                # public key gets a link that nothing it sends can pass.
+                if server_id in self._by_server:
+                    raise KeyRefused(
+                        "INVALID_SIG",
+                        f"unsigned {envelope.type} for server {server_id}, which is linked already",
+                    )
+                self.counters["link.unsigned"] += 1
+                self._log.info(
+                    "{type} from server {server_id} has no signature: accepted, it carries the pinned key",
+                    type=envelope.type,
+                    server_id=server_id,
+                )
+            elif envelope.sig and not crypto.verify_payload(key, envelope.payload, envelope.sig):
+                raise KeyRefused("INVALID_SIG", f"{envelope.type} signature does not verify")
             known = self._remember(server_id, key, key_text, (host, port), envelope.type, linked=True)
         except KeyRefused as e:
             self._refuse(link, e.code, e.detail)

@@ -89,9 +89,13 @@ class HelloLinkTests(MeshTestCase):
     def test_unsigned_hello_is_trust_on_first_use_only(self) -> None:
         link = self.hello(S1, self.address(S1), sig="")
         self.assertEqual(self.mesh.connected_servers(), [S1])
+        # Once pinned, an unsigned one must carry the pinned key and not displace the live link
+        # (INTEROP.md row 9).
+        second = self.hello(S1, self.address(S1), sig="")
+        self.assertEqual(second.frames()[-1]["payload"]["code"], "INVALID_SIG")
+        self.assertEqual(self.mesh.link_to(S1), link)
         self.mesh.link_closed(link, "bye")
-        again = self.hello(S1, self.address(S1), sig="")
-        self.assert_refused(again, "INVALID_SIG")
+        self.assert_refused(self.hello(S1, {**self.address(S1), "pubkey": pub(S2)}, sig=""), "BAD_KEY")
 
     def test_own_id_and_own_key_are_refused(self) -> None:
         self.assert_refused(self.hello(HERE, self.address(HERE)), "BAD_FRAME")

@@ -163,3 +163,29 @@ class UnsignedWelcomeTests(SynchronousTestCase):
         self.assertEqual(
             node.mesh.server_key(S1).public_numbers(), test_key(KEYS[S1]).public_key().public_numbers()
         )
+
+
+class UnsignedLinkTests(MeshTestCase):
+    """Row 9: SERVER_HELLO_LINK with ``"sig": ""`` and ``"to": "server"`` from a server pinned
+    from its (equally unsigned) SERVER_HELLO_JOIN."""
+
+    def unsigned(self, type_: str, payload: dict, to: str) -> FakeLink:
+        link = FakeLink(f"in-{len(self.hub.links)}")
+        self.hub.link_opened(link)
+        self.receive(link, self.frame(type_, S1, payload, to=to, sig=""))
+        return link
+
+    def test_unsigned_link_with_the_pinned_key_is_accepted(self) -> None:
+        join = self.unsigned("SERVER_HELLO_JOIN", self.address(S1), to="127.0.0.1:9000")
+        self.assertEqual(self.mesh.connected_servers(), [S1])
+        self.mesh.link_closed(join, "closed by the peer after WELCOME")
+        link = self.unsigned("SERVER_HELLO_LINK", self.address(S1), to="server")
+        self.assertEqual(self.mesh.connected_servers(), [S1])
+        self.assertIsNone(link.closed)
+        self.assertEqual(self.mesh.counters["link.unsigned"], 1)
+        # Later frames on it are verified with the pinned key: a forged advert is dropped.
+        forged = {"user_id": USER, "server_id": S1, "pubkey": user_pub()}
+        self.receive(link, self.frame("USER_ADVERTISE", S1, forged, signer=S2))
+        self.assertIsNone(self.presence.lookup(USER))
+        self.receive(link, self.frame("USER_ADVERTISE", S1, forged))
+        self.assertEqual(self.presence.lookup(USER).server_id, S1)
