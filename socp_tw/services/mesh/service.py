@@ -38,12 +38,13 @@ from socp_tw.services.mesh.pins import PEERS_FILE, KnownServer, PinBook, PinStor
 from socp_tw.services.mesh.relay import Relay
 from socp_tw.services.mesh.seen import SeenCache
 from socp_tw.services.mesh.state import CLAIMED_TYPES, CLOSE_GOING_AWAY, _LinkState
+from socp_tw.services.mesh.userfrom import UserFrom
 from socp_tw.services.mesh.verify import Verify
 from socp_tw.services.userkeys import UserKeys
 
 
 @implementer(IPeerLinks, IPeerLinkEvents, IPresenceObserver)
-class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
+class Mesh(Handshake, Links, Liveness, Verify, Gossip, UserFrom, Relay, PinBook, Service):
     """All server links of this server, and the rules of PROTOCOL.md §4.
 
     The parts (one module each) share this object's state: ``_links`` (link_id ->

@@ -15,6 +15,7 @@ from socp_tw.services.mesh.state import (
     NEVER_ANSWERED,
     _LinkState,
 )
+from socp_tw.services.mesh.userfrom import USER_FROM_TYPES
 
 
 class Verify:
@@ -104,6 +105,8 @@ class Verify:
         if known is None:
             if kind == "SERVER_ANNOUNCE":
                 self._announce(state, envelope, seen_key, None)
+            elif kind in USER_FROM_TYPES and wire.is_uuid(origin):
+                self._user_from(state, envelope, body)  # a user's id as ``from``: INTEROP.md row 10
             else:
                 self.counters["dropped.unknown_origin"] += 1
                 self._log.debug("Dropped {type} from unknown server {origin}", type=kind, origin=origin)

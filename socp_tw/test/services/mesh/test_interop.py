@@ -12,8 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
 from socp_tw.bootstrap import BootstrapEntry
-from socp_tw.test.keys import test_key
+from socp_tw.services.router import Router
+from socp_tw.test.keys import test_key, vector_key
 from socp_tw.test.services.mesh.support import (
+    ALICE,
+    BOB,
     HERE,
     KEYS,
     S1,
@@ -189,3 +192,79 @@ class UnsignedLinkTests(MeshTestCase):
         self.assertIsNone(self.presence.lookup(USER))
         self.receive(link, self.frame("USER_ADVERTISE", S1, forged))
         self.assertEqual(self.presence.lookup(USER).server_id, S1)
+
+
+class UserFromTests(TwoLinksTestCase):
+    """Row 10: a peer forwards user frames with ``from`` = the user's id."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.router = Router(self.presence, self.node.signer, self.mesh, clock=self.clock)
+        self.bob_link = FakeLink("bob")
+        self.presence.user_online_local(BOB, crypto.encode_public_key(vector_key("bob")), {}, self.bob_link)
+        self.l1.sent.clear()
+        self.l2.sent.clear()
+        self.bob_link.sent.clear()
+
+    def original_dm(self) -> dict:
+        ts = self.now() - 50  # the user's own ts, kept inside
+        ciphertext = crypto.oaep_encrypt(vector_key("bob").public_key(), b"hi")
+        sig = crypto.sign_content(vector_key("alice"), crypto.dm_preimage(ciphertext, ALICE, BOB, ts))
+        payload = {
+            "ciphertext": ciphertext,
+            "sender_pub": crypto.encode_public_key(vector_key("alice")),
+            "content_sig": sig,
+        }
+        alice_sig = crypto.sign_payload(vector_key("alice"), payload)
+        return {
+            "type": "MSG_DIRECT",
+            "from": ALICE,
+            "to": BOB,
+            "ts": ts,
+            "payload": payload,
+            "sig": alice_sig,
+        }
+
+    def test_nested_server_deliver_is_attributed_to_the_link(self) -> None:
+        original = self.original_dm()
+        self.receive(
+            self.l1, self.frame("SERVER_DELIVER", ALICE, {**original, "user_id": BOB}, to=HERE, signer=S1)
+        )
+        [deliver] = self.bob_link.frames()
+        self.assertEqual(deliver["type"], "USER_DELIVER")
+        self.assertEqual((deliver["payload"]["sender"], deliver["ts"]), (ALICE, original["ts"]))
+        self.assertEqual(deliver["payload"]["ciphertext"], original["payload"]["ciphertext"])
+        self.assertEqual(self.mesh.counters["user_from.attributed"], 1)
+        self.assertEqual(self.mesh.counters["dropped.unknown_origin"], 0)
+
+    def test_not_verified_by_the_links_key_is_dropped(self) -> None:
+        original = self.original_dm()
+        self.receive(
+            self.l1, self.frame("SERVER_DELIVER", ALICE, {**original, "user_id": BOB}, to=HERE, signer=S2)
+        )
+        self.assertEqual(self.bob_link.sent, [])
+        self.assertEqual(self.mesh.counters["verify_failed"], 1)
+
+    def test_a_bad_content_sig_is_still_refused(self) -> None:
+        original = self.original_dm()
+        original["payload"]["content_sig"] = original["sig"]
+        self.receive(
+            self.l1, self.frame("SERVER_DELIVER", ALICE, {**original, "user_id": BOB}, to=HERE, signer=S1)
+        )
+        self.assertEqual(self.bob_link.sent, [])
+        [error] = [f for f in self.l1.frames() if f["type"] == "ERROR"]  # answered to the link's server
+        self.assertEqual((error["to"], error["payload"]["code"]), (S1, "INVALID_SIG"))
+
+    def test_raw_public_message_is_attributed_to_the_link(self) -> None:
+        ts = self.now()
+        ciphertext = crypto.oaep_encrypt(vector_key("bob").public_key(), b"hi all")
+        payload = {
+            "ciphertext": ciphertext,
+            "sender_pub": crypto.encode_public_key(vector_key("alice")),
+            "content_sig": crypto.sign_content(
+                vector_key("alice"), crypto.public_preimage(ciphertext, ALICE, ts)
+            ),
+        }
+        self.receive(self.l1, self.frame("MSG_PUBLIC_CHANNEL", ALICE, payload, to=BOB, ts=ts, signer=S1))
+        [message] = self.bob_link.frames()
+        self.assertEqual((message["type"], message["payload"]["sender"]), ("MSG_PUBLIC_CHANNEL", ALICE))
