@@ -108,6 +108,7 @@ class PeerDialer:
         self.server_id = server_id
         self.join = join
         self.pem = False  # send our key as b64u(PEM) in SERVER_HELLO_JOIN (bootstrap key given as PEM)
+        self.announce_first = False  # open links with SERVER_ANNOUNCE, not HELLO_LINK (INTEROP.md row 11)
         self.failures = 0
         self.attempts = 0
         self.link: ILink | None = None

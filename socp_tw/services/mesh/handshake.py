@@ -55,10 +55,29 @@ class Handshake:
             self._arm_dead_timer(state)
             return
         link.identity = dialer.server_id
-        link.send(
-            self._signer.frame("SERVER_HELLO_LINK", dialer.server_id, self._address_payload(dialer.server_id))
+        state.opened_with = (
+            "SERVER_ANNOUNCE" if getattr(dialer, "announce_first", False) else "SERVER_HELLO_LINK"
         )
+        to = "*" if state.opened_with == "SERVER_ANNOUNCE" else dialer.server_id
+        link.send(self._signer.frame(state.opened_with, to, self._address_payload(dialer.server_id)))
         self._link_up(state, dialer.server_id)
+
+    def _never_answered(self, state: _LinkState, reason: str | None) -> None:
+        """An outgoing link closed before any verified frame of the peer: it may not know our
+        first frame.  Some servers do not know SERVER_HELLO_LINK and expect SERVER_ANNOUNCE, a
+        third refuses exactly that (docs/INTEROP.md row 11): the next dial opens with the other."""
+        dialer = state.dialer
+        if dialer is None or state.joining or state.healthy or state.opened_with is None:
+            return
+        dialer.announce_first = state.opened_with == "SERVER_HELLO_LINK"
+        self.counters["link.first_frame_switched"] += 1
+        self._log.info(
+            "Server {server_id} never answered our {first} ({reason}): the next dial opens with {other}",
+            server_id=state.server_id,
+            first=state.opened_with,
+            reason=reason or "closed",
+            other="SERVER_ANNOUNCE" if dialer.announce_first else "SERVER_HELLO_LINK",
+        )
 
     # -- first frames of incoming links ---------------------------------------------------------
 
@@ -155,8 +174,15 @@ class Handshake:
                 continue
             pubkey = crypto.encode_public_key(known.key, pem=known.pem)
             servers.append({"server_id": server_id, "host": known.host, "port": known.port, "pubkey": pubkey})
+        # ``server_id`` too: one implementation requires it in ``clients`` (docs/INTEROP.md row 11).
         clients = [
-            {"user_id": s["server_id"], "host": s["host"], "port": s["port"], "pubkey": s["pubkey"]}
+            {
+                "user_id": s["server_id"],
+                "server_id": s["server_id"],
+                "host": s["host"],
+                "port": s["port"],
+                "pubkey": s["pubkey"],
+            }
             for s in servers
         ]
         return {"assigned_id": joiner, "clients": clients, "servers": servers}

@@ -310,4 +310,5 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, UserFrom, Relay, PinBook,
                 reason=reason,
             )
             return
+        self._never_answered(state, reason)
         self._link_down(state, reason or "closed")

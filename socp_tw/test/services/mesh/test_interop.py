@@ -268,3 +268,49 @@ class UserFromTests(TwoLinksTestCase):
         self.receive(self.l1, self.frame("MSG_PUBLIC_CHANNEL", ALICE, payload, to=BOB, ts=ts, signer=S1))
         [message] = self.bob_link.frames()
         self.assertEqual((message["type"], message["payload"]["sender"]), ("MSG_PUBLIC_CHANNEL", ALICE))
+
+
+class FirstFrameTests(MeshTestCase):
+    """Row 11: ``server_id`` in each ``clients`` entry of our WELCOME; an announce-first link
+    for a peer that never answers SERVER_HELLO_LINK (and back, for one that refuses that)."""
+
+    def test_welcome_clients_carry_server_id(self) -> None:
+        link = FakeLink("in-join")
+        self.hub.link_opened(link)
+        self.receive(link, self.frame("SERVER_HELLO_JOIN", S1, self.address(S1), to="127.0.0.1:9000"))
+        [welcome] = [f for f in link.frames() if f["type"] == "SERVER_WELCOME"]
+        self.assertTrue(welcome["payload"]["clients"])
+        for entry in welcome["payload"]["clients"]:
+            self.assertEqual(entry["server_id"], entry["user_id"])
+
+    def redial(self, dialer) -> FakeLink:
+        link = FakeLink(f"out-{len(self.mesh._links)}-{self.clock.seconds()}")
+        link.outgoing = True
+        self.mesh.outgoing_opened(link, dialer)
+        return link
+
+    def never_answered(self, link: FakeLink) -> None:
+        self.clock.advance(self.mesh.dead_after + 1)
+        self.assertIsNotNone(link.closed)
+        self.mesh.link_closed(link, "no frame")
+
+    def test_link_without_answer_falls_back_to_announce_first(self) -> None:
+        link, dialer = self.link_out(S1)
+        self.assertEqual(self.types(link)[:1], ["SERVER_HELLO_LINK"])
+        self.never_answered(link)
+        self.assertTrue(dialer.announce_first)
+        again = self.redial(dialer)
+        [first] = again.frames()[:1]
+        self.assertEqual((first["type"], first["to"]), ("SERVER_ANNOUNCE", "*"))
+        self.assertTrue(verify_server_frame(first, pub(HERE)))
+        # A peer that refuses an announce-first link too: back to HELLO_LINK next time.
+        self.never_answered(again)
+        self.assertFalse(dialer.announce_first)
+        self.assertEqual(self.types(self.redial(dialer))[:1], ["SERVER_HELLO_LINK"])
+
+    def test_a_link_that_answered_keeps_its_first_frame(self) -> None:
+        self.mesh.link_closed(self.link_in(S1), "bye")  # S1's key is pinned now
+        link, dialer = self.link_out(S1)
+        self.receive(link, self.frame("HEARTBEAT", S1, {}, to=HERE))
+        self.mesh.link_closed(link, "peer restarted")
+        self.assertFalse(getattr(dialer, "announce_first", False))
