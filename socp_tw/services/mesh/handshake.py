@@ -243,6 +243,8 @@ class Handshake:
     def _joining_frame(self, state: _LinkState, envelope: wire.Envelope) -> None:
         if envelope.type == "SERVER_WELCOME":
             self._welcome(state, envelope)
+        elif envelope.type == "SERVER_ANNOUNCE" and state.pending_welcome is not None:
+            self._introducer_announced(state, envelope)
         elif envelope.type == "ERROR":
             payload = envelope.payload
             self._log.warn(
@@ -271,7 +273,38 @@ class Handshake:
                 entries.setdefault(server_id, (server_id, host, port, key_text))
         return list(entries.values())
 
-    def _welcome(self, state: _LinkState, envelope: wire.Envelope) -> None:
+    def _ask_introducer_key(self, state: _LinkState, envelope: wire.Envelope) -> None:
+        """A signed WELCOME that names no key of its introducer (docs/INTEROP.md row 8): keep it,
+        and ask for the key in band: that server answers SERVER_HELLO_LINK with a signed
+        SERVER_ANNOUNCE carrying its key, against which the kept WELCOME is then checked."""
+        state.pending_welcome = envelope
+        self.counters["welcome.key_asked"] += 1
+        self._log.info(
+            "SERVER_WELCOME from {url} carries no key of its server: asking for it with SERVER_HELLO_LINK",
+            url=state.dialer.url,
+        )
+        payload = self._address_payload(envelope.from_, state.dialer.pem)
+        state.link.send(self._signer.frame("SERVER_HELLO_LINK", envelope.from_, payload))
+
+    def _introducer_announced(self, state: _LinkState, envelope: wire.Envelope) -> None:
+        welcome, state.pending_welcome = state.pending_welcome, None
+        try:
+            if envelope.from_ != welcome.from_:
+                raise KeyRefused("BAD_FRAME", "the SERVER_ANNOUNCE is from another server than the WELCOME")
+            _, _, key_text = _parse_address_payload(envelope.payload)
+            key = crypto.load_public_key(key_text)
+            if not crypto.verify_payload(key, envelope.payload, envelope.sig):
+                raise KeyRefused("INVALID_SIG", "its SERVER_ANNOUNCE is not signed by the key it carries")
+        except (wire.FrameError, KeyRefused) as e:
+            self.counters["welcome.refused"] += 1
+            self._log.error(
+                "Refused SERVER_WELCOME from {url}: {detail}", url=state.dialer.url, detail=e.detail
+            )
+            state.link.close(CLOSE_POLICY, e.detail[:120])
+            return
+        self._welcome(state, welcome, key_text)
+
+    def _welcome(self, state: _LinkState, envelope: wire.Envelope, learnt_key: str | None = None) -> None:
         dialer = state.dialer
         introducer = envelope.from_
         payload = envelope.payload
@@ -289,6 +322,12 @@ class Handshake:
         offered_text = payload.get("server_pub") if isinstance(payload.get("server_pub"), str) else None
         if offered_text is None and own_entry is not None:
             offered_text = own_entry[3]
+        if offered_text is None:
+            offered_text = learnt_key
+        if offered_text is None and envelope.sig and self._known.get(introducer) is None:
+            if self._boot_keys.get((dialer.host, dialer.port)) is None:
+                self._ask_introducer_key(state, envelope)
+                return
         address = (own_entry[1], own_entry[2]) if own_entry is not None else (dialer.host, dialer.port)
         try:
             known = self._known.get(introducer)

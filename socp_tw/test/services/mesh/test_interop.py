@@ -113,8 +113,8 @@ class AnnounceMirrorsEncodingTests(MeshTestCase):
             self.assertTrue(verify_server_frame(frame, pub(HERE)))
 
 
-class UnsignedWelcomeTests(SynchronousTestCase):
-    """Row 7: SERVER_WELCOME without a ``sig`` field."""
+class JoinTestCase(SynchronousTestCase):
+    """A node dialling an introducer S1 (pinned in advance, or not)."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -130,6 +130,10 @@ class UnsignedWelcomeTests(SynchronousTestCase):
         link.outgoing = True
         node.mesh.outgoing_opened(link, dialer)
         return node, link
+
+
+class UnsignedWelcomeTests(JoinTestCase):
+    """Row 7: SERVER_WELCOME without a ``sig`` field."""
 
     def unsigned_welcome(self, node: Node, link: FakeLink, key: str) -> None:
         payload = {
@@ -314,3 +318,50 @@ class FirstFrameTests(MeshTestCase):
         self.receive(link, self.frame("HEARTBEAT", S1, {}, to=HERE))
         self.mesh.link_closed(link, "peer restarted")
         self.assertFalse(getattr(dialer, "announce_first", False))
+
+
+class KeylessWelcomeTests(JoinTestCase):
+    """Row 8: a signed SERVER_WELCOME {assigned_id, clients: []} that names no key of its server."""
+
+    def keyless_welcome(self, node: Node, link: FakeLink, signer: str = S1) -> None:
+        payload = {"assigned_id": HERE, "clients": []}
+        sig = crypto.sign_payload(test_key(KEYS[signer]), payload)
+        node.mesh.frame_received(link, wire.Envelope("SERVER_WELCOME", S1, HERE, node.now_ms(), payload, sig))
+
+    def announce(self, node: Node, link: FakeLink, signer: str = S1) -> None:
+        payload = {"host": "127.0.0.1", "port": 9101, "pubkey": pub(signer)}
+        sig = crypto.sign_payload(test_key(KEYS[signer]), payload)
+        node.mesh.frame_received(
+            link, wire.Envelope("SERVER_ANNOUNCE", S1, HERE, node.now_ms(), payload, sig)
+        )
+
+    def test_the_key_is_learnt_in_band(self) -> None:
+        node, link = self.start(pinned=False)
+        link.sent.clear()
+        self.keyless_welcome(node, link)
+        self.assertIsNone(link.closed)
+        [ask] = link.frames()
+        self.assertEqual((ask["type"], ask["to"]), ("SERVER_HELLO_LINK", S1))
+        self.announce(node, link)
+        self.assertEqual(node.mesh.connected_servers(), [S1])
+        self.assertEqual(
+            node.mesh.server_key(S1).public_numbers(), test_key(KEYS[S1]).public_key().public_numbers()
+        )
+
+    def test_a_welcome_the_announced_key_did_not_sign_is_refused(self) -> None:
+        node, link = self.start(pinned=False)
+        self.keyless_welcome(node, link, signer=S2)
+        self.announce(node, link)
+        self.assertEqual(node.mesh.connected_servers(), [])
+        self.assertEqual(link.closed[0], 1008)
+
+    def test_an_announce_not_signed_by_its_key_is_refused(self) -> None:
+        node, link = self.start(pinned=False)
+        self.keyless_welcome(node, link)
+        payload = {"host": "127.0.0.1", "port": 9101, "pubkey": pub(S1)}
+        sig = crypto.sign_payload(test_key(KEYS[S2]), payload)
+        node.mesh.frame_received(
+            link, wire.Envelope("SERVER_ANNOUNCE", S1, HERE, node.now_ms(), payload, sig)
+        )
+        self.assertEqual(node.mesh.connected_servers(), [])
+        self.assertEqual(link.closed[0], 1008)
