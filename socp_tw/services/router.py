@@ -254,7 +254,10 @@ class Router(DeliveryOutcomes, Service):
             raise wire.BadFieldType("payload field 'type' must be a string", "type")
         recipient = wire.require_uuid(payload, "user_id")
         if "sender" not in payload:
-            raise ContentError("SERVER_DELIVER without sender cannot be verified")
+            raise ContentError(
+                "SERVER_DELIVER without sender: its content_sig cannot be checked (not tolerated,"
+                " docs/INTEROP.md row 12)"
+            )
         sender = wire.require_uuid(payload, "sender")
         sender_pub = wire.require_str(payload, "sender_pub", max_len=4096)
         fields = extract_fields(kind, payload)
@@ -348,8 +351,10 @@ class Router(DeliveryOutcomes, Service):
             except Unverified:
                 self._checked_first.add(origin)
             self._count("invalid_sig")
+            if refused[0].startswith("content_sig of"):  # what a relay that re-stamps ts causes too
+                refused[0] += " (forged, or a server re-stamped its ts: not tolerated, INTEROP.md row 12)"
             self._log.warn(
-                "Refused {kind} from server {origin}: {detail}",
+                "Refused SERVER_DELIVER ({kind}) from server {origin}: {detail}",
                 kind=kind,
                 origin=origin,
                 detail=refused[0],

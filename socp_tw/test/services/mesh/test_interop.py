@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
@@ -198,8 +199,8 @@ class UnsignedLinkTests(MeshTestCase):
         self.assertEqual(self.presence.lookup(USER).server_id, S1)
 
 
-class UserFromTests(TwoLinksTestCase):
-    """Row 10: a peer forwards user frames with ``from`` = the user's id."""
+class LocalBobTestCase(TwoLinksTestCase):
+    """Links from S1 and S2, a Router, and BOB online here."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -228,6 +229,10 @@ class UserFromTests(TwoLinksTestCase):
             "payload": payload,
             "sig": alice_sig,
         }
+
+
+class UserFromTests(LocalBobTestCase):
+    """Row 10: a peer forwards user frames with ``from`` = the user's id."""
 
     def test_nested_server_deliver_is_attributed_to_the_link(self) -> None:
         original = self.original_dm()
@@ -365,3 +370,36 @@ class KeylessWelcomeTests(JoinTestCase):
         )
         self.assertEqual(node.mesh.connected_servers(), [])
         self.assertEqual(link.closed[0], 1008)
+
+
+class NotToleratedTests(LocalBobTestCase):
+    """Row 12: what cannot be tolerated is refused with a log line that names the departure."""
+
+    def flat(self, original: dict, **changes) -> dict:
+        payload = {"user_id": BOB, **original["payload"], "sender": ALICE}
+        payload.update(changes)
+        return {k: v for k, v in payload.items() if v is not None}
+
+    def warned(self) -> list[str]:
+        return [line for line in self.lines(LogLevel.warn) if "Refused SERVER_DELIVER" in line]
+
+    def test_server_deliver_without_sender(self) -> None:
+        original = self.original_dm()
+        deliver = self.frame(
+            "SERVER_DELIVER", S1, self.flat(original, sender=None), to=HERE, ts=original["ts"]
+        )
+        self.receive(self.l1, deliver)
+        self.assertEqual(self.bob_link.sent, [])
+        [line] = self.warned()
+        self.assertIn("SERVER_DELIVER without sender: its content_sig cannot be checked", line)
+        [error] = [f for f in self.l1.frames() if f["type"] == "ERROR"]
+        self.assertEqual(error["payload"]["code"], "INVALID_SIG")
+
+    def test_server_deliver_with_a_restamped_ts(self) -> None:
+        original = self.original_dm()
+        deliver = self.frame("SERVER_DELIVER", S1, self.flat(original), to=HERE, ts=original["ts"] + 7)
+        self.receive(self.l1, deliver)
+        self.assertEqual(self.bob_link.sent, [])
+        [line] = self.warned()
+        self.assertIn("Refused SERVER_DELIVER (MSG_DIRECT) from server", line)
+        self.assertIn("re-stamped its ts", line)
