@@ -114,7 +114,6 @@ class PeerClientFactory(WebSocketClientFactory):
     """
 
     protocol = SOCPPeerClientProtocol
-    noisy = False  # no "Starting factory"/"Stopping factory" line on every redial: the mesh logs dials
 
     def __init__(self, dialer: IOutgoingLinkOwner, max_frame_bytes: int) -> None:
         super().__init__(dialer.url, useragent=f"socp-tw/{__version__}")

@@ -91,25 +91,6 @@ class DialerTests(SynchronousTestCase):
         self.assertEqual((host, port, timeout), ("127.0.0.1", 9001, 10))
         self.assertEqual(self.dialer.url, "ws://127.0.0.1:9001")
 
-    def test_redials_log_no_factory_lines(self) -> None:
-        """Twisted logs "Starting factory"/"Stopping factory" per dial of a noisy factory: one
-        peer that refuses us made thousands of them (issue 15)."""
-        from twisted.logger import formatEvent, globalLogPublisher
-
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        self.dialer.resume()
-        self.reactor.advance(0)
-        for _ in range(3):
-            factory = self.reactor.tcpClients[-1][2]
-            factory.doStart()
-            self.fail_last()
-            factory.doStop()
-            self.reactor.advance(60)
-        self.assertGreaterEqual(self.attempts(), 3)
-        self.assertEqual([e for e in events if "factory" in formatEvent(e).lower()], [])
-
     def test_backoff_grows_and_is_bounded(self) -> None:
         self.dialer.resume()
         self.reactor.advance(0)
