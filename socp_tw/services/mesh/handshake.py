@@ -81,23 +81,10 @@ class Handshake:
 
     # -- first frames of incoming links ---------------------------------------------------------
 
-    def _refuse(self, link: ILink, code: str, detail: str) -> None:
-        """Refuse a pending link that tried to identify as a server: one ERROR, then close."""
-        self.counters["refused." + code] += 1
-        self._log.warn(
-            "Refused server link {link} from {peer} ({code}): {detail}",
-            link=link.link_id,
-            peer=link.peer,
-            code=code,
-            detail=detail,
-        )
-        # The ERROR is signed on the pool: close only once it has been written, or it is lost.
-        frame = self._signer.frame("ERROR", "*", wire.error_payload(code, detail))
-        link.send(frame)
-        frame.addBoth(lambda _: link.close(CLOSE_POLICY, detail[:120]))
-
     def _first_frame(self, link: ILink, envelope: wire.Envelope) -> None:
-        if envelope.type == "SERVER_HELLO_JOIN":
+        if link.link_id in self._refused_links:
+            self.counters["dropped.after_refusal"] += 1  # refused already; closing
+        elif envelope.type == "SERVER_HELLO_JOIN":
             self._accept_join(link, envelope)
         elif envelope.type in ("SERVER_HELLO_LINK", "SERVER_ANNOUNCE"):
             self._accept_link(link, envelope)

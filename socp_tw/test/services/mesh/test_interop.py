@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
 from socp_tw.bootstrap import BootstrapEntry
+from socp_tw.services.mesh.refusals import REFUSAL_HOLD, SIGNED_REFUSALS
 from socp_tw.services.router import Router
 from socp_tw.test.keys import test_key, vector_key
 from socp_tw.test.services.mesh.support import (
@@ -403,3 +404,49 @@ class NotToleratedTests(LocalBobTestCase):
         [line] = self.warned()
         self.assertIn("Refused SERVER_DELIVER (MSG_DIRECT) from server", line)
         self.assertIn("re-stamped its ts", line)
+
+
+class RefusalBackoffTests(MeshTestCase):
+    """Operators: a peer that redials at once after every refusal (7,361 refusals in 47 s) costs
+    a signature only for the first few a minute, is slowed down, and is logged once a minute."""
+
+    def refused_hello(self) -> FakeLink:
+        link = FakeLink(f"in-{len(self.hub.links)}-{self.clock.seconds()}")
+        link.peer = "127.0.0.1:40000"
+        self.hub.link_opened(link)
+        self.receive(link, self.frame("SERVER_HELLO_LINK", S1, self.address(S1), to=HERE, signer=S2))
+        return link
+
+    def refused_lines(self) -> list[str]:
+        return [line for line in self.lines(LogLevel.warn) if "Refused server link" in line]
+
+    def test_refusals_back_off_per_address(self) -> None:
+        free = SIGNED_REFUSALS
+        signatures = self.node.workers.calls
+        links = [self.refused_hello() for _ in range(free + 20)]
+        self.assertEqual(self.node.workers.calls - signatures, free)  # one signed ERROR each, no more
+        for link in links[:free]:
+            self.assertEqual(self.types(link), ["ERROR"])
+            self.assertIsNotNone(link.closed)
+        held = links[free:]
+        self.assertTrue(all(link.sent == [] and link.closed is None for link in held))
+        # More frames on a held link are dropped, unanswered.
+        self.receive(held[0], self.frame("SERVER_HELLO_LINK", S1, self.address(S1), to=HERE, signer=S2))
+        self.assertEqual(held[0].sent, [])
+        self.clock.advance(REFUSAL_HOLD)
+        self.assertTrue(all(link.closed is not None and link.closed[0] == 1008 for link in held))
+        self.assertEqual(self.mesh.counters["refused.backed_off"], 20)
+        self.assertEqual(len(self.refused_lines()), 1)  # one line for the minute
+        self.clock.advance(60)
+        self.refused_hello()
+        [_, line] = self.refused_lines()
+        self.assertIn(f"({free + 20} refused links from 127.0.0.1 in the last minute)", line)
+
+    def test_a_valid_hello_from_the_same_address_is_accepted(self) -> None:
+        for _ in range(SIGNED_REFUSALS + 2):
+            self.refused_hello()
+        link = FakeLink("in-good")
+        link.peer = "127.0.0.1:40001"
+        self.hub.link_opened(link)
+        self.receive(link, self.frame("SERVER_HELLO_LINK", S1, self.address(S1), to=HERE))
+        self.assertEqual(self.mesh.connected_servers(), [S1])
