@@ -31,7 +31,7 @@ from socp_tw.interfaces import (
     UserNotFound,
 )
 from socp_tw.limits import DEFAULT_LIMITS, check_ts_window
-from socp_tw.logs import get_logger
+from socp_tw.logs import Aggregated, get_logger
 from socp_tw.services.delivery import DeliveryTracker, delivery_ref
 from socp_tw.services.keymirror import key_for
 from socp_tw.services.outcomes import MAX_HELD_AGE_MS, DeliveryOutcomes
@@ -122,6 +122,7 @@ class Router(DeliveryOutcomes, Service):
             self._holding.track = self._track_held
         self._ts_window_ms = None if ts_window is None else round(ts_window * 1000)
         self._now_ms = now_ms
+        self._refused_gossip = Aggregated(clock, 60.0)  # peers refusing what we send: a line a minute
         self.counters: dict[str, int] = {}
         # Origin servers whose deliveries are checked before signing: each sent one that failed.
         self._checked_first: set[str] = set()

@@ -450,3 +450,16 @@ class RefusalBackoffTests(MeshTestCase):
         self.hub.link_opened(link)
         self.receive(link, self.frame("SERVER_HELLO_LINK", S1, self.address(S1), to=HERE))
         self.assertEqual(self.mesh.connected_servers(), [S1])
+
+
+class PeerRefusesOurGossipTests(LocalBobTestCase):
+    """Operators: a peer answering our adverts with ERROR INVALID_SIG is a warning, once a minute."""
+
+    def test_refused_gossip_is_a_warning_once_a_minute(self) -> None:
+        for n in range(3):
+            payload = {"code": "INVALID_SIG", "detail": f"bad signature on USER_ADVERTISE ({n})"}
+            self.receive(self.l1, self.frame("ERROR", S1, payload, to=HERE))
+        warnings = [line for line in self.lines(LogLevel.warn) if "refuses our USER_ADVERTISE" in line]
+        self.assertEqual(len(warnings), 1, self.lines())
+        self.assertIn(f"Server {S1} refuses our USER_ADVERTISE: ERROR INVALID_SIG", warnings[0])
+        self.assertEqual(self.router.counters["peer_refuses_gossip"], 3)
