@@ -284,6 +284,7 @@ class Handshake:
                 raise KeyRefused("INVALID_SIG", "its SERVER_ANNOUNCE is not signed by the key it carries")
         except (wire.FrameError, KeyRefused) as e:
             self.counters["welcome.refused"] += 1
+            state.welcome_refused = e.detail
             self._log.error(
                 "Refused SERVER_WELCOME from {url}: {detail}", url=state.dialer.url, detail=e.detail
             )
@@ -349,6 +350,7 @@ class Handshake:
             known.acks = _says_it_acks(own_item)
         except KeyRefused as e:
             self.counters["welcome.refused"] += 1
+            state.welcome_refused = e.detail
             self._log.error("Refused SERVER_WELCOME from {url}: {detail}", url=dialer.url, detail=e.detail)
             state.link.close(CLOSE_POLICY, e.detail[:120])
             return

@@ -310,11 +310,18 @@ class Mesh(Handshake, Refusals, Links, Liveness, Verify, Gossip, UserFrom, Relay
             return
         self._stop_timers(state)
         if state.joining:
-            self._log.info(
-                "Join through {url} failed: link closed before SERVER_WELCOME ({reason})",
-                url=state.dialer.url,
-                reason=reason,
-            )
+            if state.welcome_refused is not None:
+                self._log.info(
+                    "Join through {url} failed: its SERVER_WELCOME was refused ({detail})",
+                    url=state.dialer.url,
+                    detail=state.welcome_refused,
+                )
+            else:
+                self._log.info(
+                    "Join through {url} failed: link closed before SERVER_WELCOME ({reason})",
+                    url=state.dialer.url,
+                    reason=reason,
+                )
             return
         self._never_answered(state, reason)
         self._link_down(state, reason or "closed")

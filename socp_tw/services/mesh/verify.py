@@ -151,6 +151,7 @@ class Verify:
             state.healthy = True
             if state.dialer is not None:
                 state.dialer.mark_healthy()
+                self._log.info("Link to server {server_id} up (outgoing: it answered)", server_id=origin)
         if seen_key is not None:
             self._seen.add(seen_key)
         self.counters["verified"] += 1  # every frame is counted: verified here, or dropped above

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from socp_tw import crypto, wire
@@ -30,7 +30,7 @@ from socp_tw.test.services.mesh.support import (
     pub,
     user_pub,
 )
-from socp_tw.testing import FakeLink
+from socp_tw.testing import FakeDialer, FakeLink
 from socp_tw.testing.signing import verify_server_frame
 
 
@@ -463,3 +463,36 @@ class PeerRefusesOurGossipTests(LocalBobTestCase):
         self.assertEqual(len(warnings), 1, self.lines())
         self.assertIn(f"Server {S1} refuses our USER_ADVERTISE: ERROR INVALID_SIG", warnings[0])
         self.assertEqual(self.router.counters["peer_refuses_gossip"], 3)
+
+
+class WordingTests(JoinTestCase):
+    """Operators: the log says what happened, not a guess."""
+
+    def lines(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_a_refused_welcome_is_not_a_link_closed_before_it(self) -> None:
+        node, link = self.start(pinned=True)
+        payload = {"assigned_id": HERE, "server_pub": pub(S2)}
+        sig = crypto.sign_payload(test_key(KEYS[S2]), payload)
+        node.mesh.frame_received(link, wire.Envelope("SERVER_WELCOME", S1, HERE, node.now_ms(), payload, sig))
+        node.mesh.link_closed(link, "closed")
+        joins = [line for line in self.lines() if line.startswith("Join through")]
+        self.assertEqual(len(joins), 1, joins)
+        self.assertIn("its SERVER_WELCOME was refused", joins[0])
+        self.assertNotIn("before SERVER_WELCOME", joins[0])
+
+    def test_a_dialled_link_is_up_once_it_answers(self) -> None:
+        node = Node(self, HERE, self.clock)
+        dialer = FakeDialer("127.0.0.1", 9101, S1)
+        link = FakeLink("out-s1")
+        link.outgoing = True
+        node.mesh.outgoing_opened(link, dialer)
+        self.assertIn(f"Link to server {S1} opened, up once it answers (outgoing, 127.0.0.1:1)", self.lines())
+        self.assertNotIn(f"Link to server {S1} up (outgoing, 127.0.0.1:1)", self.lines())
