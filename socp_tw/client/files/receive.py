@@ -55,6 +55,7 @@ class Incoming:
     timer: IDelayedCall | None = None
     unsigned: bool = False  # FILE_START had no content_sig (other clients): sender not verified
 
+
 #: How an unsigned file (docs/INTEROP.md row 4) is labelled wherever it is shown.
 UNSIGNED = "unsigned: sender not verified"
 
