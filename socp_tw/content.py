@@ -16,14 +16,19 @@ from socp_tw import crypto, wire
 USER_CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
     "MSG_DIRECT": ("ciphertext", "content_sig"),
     "MSG_PUBLIC_CHANNEL": ("ciphertext", "content_sig"),
-    "FILE_START": ("file_id", "name", "size", "sha256", "mode", "content_sig"),
-    "FILE_CHUNK": ("file_id", "index", "ciphertext", "content_sig"),
+    "FILE_START": ("file_id", "name", "size", "sha256", "mode"),
+    "FILE_CHUNK": ("file_id", "index", "ciphertext"),
     "FILE_END": ("file_id",),
 }
 
 #: Payload fields a kind may carry but need not (relayed when present): our profile's signed
-#: FILE_END (docs/FILES.md) adds the number of chunks sent and a content_sig over them.
+#: FILE_END (docs/FILES.md) adds the number of chunks sent and a content_sig over them.  The
+#: spec defines no content_sig for files; our profile signs FILE_START and FILE_CHUNK, other
+#: clients do not (docs/INTEROP.md row 4): an unsigned one is relayed, a signed one must verify,
+#: and the receiving client shows the file as "unsigned: sender not verified".
 USER_CONTENT_OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "FILE_START": ("content_sig",),
+    "FILE_CHUNK": ("content_sig",),
     "FILE_END": ("chunks", "content_sig"),
 }
 
@@ -81,6 +86,8 @@ def verify_user_content(
     ``crypto.BadKey`` propagates for an unusable ``sender_pub``.
     """
     key = crypto.load_public_key(sender_pub)
+    if kind in ("FILE_START", "FILE_CHUNK") and "content_sig" not in fields:
+        return  # unsigned file frames of other clients (docs/INTEROP.md row 4)
     sig = fields.get("content_sig", "")
     if kind == "MSG_DIRECT":
         ok = crypto.verify_dm_content_sig(key, fields["ciphertext"], sender, recipient, ts, sig)

@@ -28,6 +28,10 @@ def _discard(result: Any) -> None:
     return None
 
 
+#: Frames of ours a peer may refuse wholesale (ERROR about them is a warning).
+_OUR_GOSSIP = ("USER_ADVERTISE", "USER_REMOVE", "SERVER_ANNOUNCE")
+
+
 class DeliveryOutcomes:
     """The router's failure, confirmation and holding paths."""
 
@@ -103,6 +107,8 @@ class DeliveryOutcomes:
         payload = envelope.payload
         sender = payload.get("sender")
         if payload.get("msg_ref") != "SERVER_DELIVER" or not isinstance(sender, str):
+            if self._refuses_our_gossip(envelope):
+                return
             self._log.info(
                 "ERROR from server {server}: {code} {detail}",
                 server=envelope.from_,
@@ -132,6 +138,31 @@ class DeliveryOutcomes:
                     return
             ts = pending.ts
         self._tell_sender(sender, recipient, ts, code, f"delivery to {recipient} failed: {detail}", kind)
+
+    def _refuses_our_gossip(self, envelope: wire.Envelope) -> bool:
+        """``ERROR INVALID_SIG``/``BAD_KEY`` about our presence or announce frames: that peer cannot
+        verify what we send (often a key encoding it cannot read, docs/INTEROP.md): a warning,
+        once a minute per peer and frame type, with the count."""
+        payload = envelope.payload
+        code, ref, detail = payload.get("code"), payload.get("msg_ref"), str(payload.get("detail"))[:200]
+        if code not in ("INVALID_SIG", "BAD_KEY"):
+            return False
+        about = next((t for t in _OUR_GOSSIP if ref == t or t in detail), None)
+        if about is None:
+            return False
+        self._count("peer_refuses_gossip")
+        count = self._refused_gossip.hit((envelope.from_, about))
+        if count is not None:
+            self._log.warn(
+                "Server {server} refuses our {about}: ERROR {code} {detail} ({count} in the last minute);"
+                " it cannot verify what we send, so presence does not reach it",
+                server=envelope.from_,
+                about=about,
+                code=code,
+                detail=detail,
+                count=count,
+            )
+        return True
 
     def ack_from_server(self, envelope: wire.Envelope, origin_link: ILink) -> None:
         """``ACK`` from a peer: a confirmation of delivered DMs (others are ignored).  Never answered."""

@@ -32,8 +32,9 @@ from socp_tw.interfaces import (
 )
 from socp_tw.interfaces.users import DIFFERS
 from socp_tw.limits import DEFAULT_LIMITS, check_ts_window
-from socp_tw.logs import get_logger
+from socp_tw.logs import Aggregated, get_logger
 from socp_tw.services.delivery import DeliveryTracker, delivery_ref
+from socp_tw.services.keymirror import key_for
 from socp_tw.services.outcomes import MAX_HELD_AGE_MS, DeliveryOutcomes
 
 
@@ -121,6 +122,7 @@ class Router(DeliveryOutcomes, Service):
             self._holding.track = self._track_held
         self._ts_window_ms = None if ts_window is None else round(ts_window * 1000)
         self._now_ms = now_ms
+        self._refused_gossip = Aggregated(clock, 60.0)  # peers refusing what we send: a line a minute
         self.counters: dict[str, int] = {}
         # Origin servers whose deliveries are checked before signing: each sent one that failed.
         self._checked_first: set[str] = set()
@@ -192,16 +194,24 @@ class Router(DeliveryOutcomes, Service):
     ) -> None:
         """Send a local user its copy; ``frame``: its signature, if already started."""
         if frame is None:
-            frame = self._local_frame(kind, recipient, fields, ts, sender, sender_pub)
+            frame = self._local_frame(kind, recipient, fields, ts, sender, sender_pub, link)
         self._check(verified, frame)
         link.send(frame)
         self._count("local")
 
     def _local_frame(
-        self, kind: str, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str
+        self,
+        kind: str,
+        recipient: str,
+        fields: dict[str, Any],
+        ts: int,
+        sender: str,
+        sender_pub: str,
+        link: ILink | None = None,
     ) -> Deferred:
-        """Start signing what a local recipient gets: USER_DELIVER for a DM, else the frame's own type."""
-        payload = {**fields, "sender": sender, "sender_pub": sender_pub}
+        """Start signing what a local recipient gets: USER_DELIVER for a DM, else the frame's own type.
+        ``sender_pub`` goes in the encoding the recipient on ``link`` reads (services/keymirror.py)."""
+        payload = {**fields, "sender": sender, "sender_pub": key_for(link, sender_pub)}
         frame_type = "USER_DELIVER" if kind == "MSG_DIRECT" else kind
         return self._signer.frame(frame_type, recipient, payload, ts=ts)
 
@@ -222,7 +232,12 @@ class Router(DeliveryOutcomes, Service):
         """Why relayed content must not reach a local user (sender key, content_sig), or None."""
         try:
             known = self._presence.lookup(sender)
-            if known is not None and known.pubkey != sender_pub and not _same_key(known.pubkey, sender_pub):
+            if (
+                known is not None
+                and known.pubkey  # a keyless advert (docs/INTEROP.md row 1) leaves only the pin
+                and known.pubkey != sender_pub
+                and not _same_key(known.pubkey, sender_pub)
+            ):
                 raise ContentError(f"sender_pub of {sender} differs from the key its server advertised")
             if self._user_keys is not None and self._user_keys.check(sender, sender_pub) == DIFFERS:
                 raise ContentError(f"sender_pub of {sender} differs from the key pinned for it")
@@ -240,7 +255,10 @@ class Router(DeliveryOutcomes, Service):
             raise wire.BadFieldType("payload field 'type' must be a string", "type")
         recipient = wire.require_uuid(payload, "user_id")
         if "sender" not in payload:
-            raise ContentError("SERVER_DELIVER without sender cannot be verified")
+            raise ContentError(
+                "SERVER_DELIVER without sender: its content_sig cannot be checked (not tolerated,"
+                " docs/INTEROP.md row 12)"
+            )
         sender = wire.require_uuid(payload, "sender")
         sender_pub = wire.require_str(payload, "sender_pub", max_len=4096)
         fields = extract_fields(kind, payload)
@@ -271,7 +289,7 @@ class Router(DeliveryOutcomes, Service):
         entry = self._presence.lookup(recipient)
         if entry is None or not entry.local:
             return None
-        frame = self._local_frame(kind, recipient, fields, envelope.ts, sender, sender_pub)
+        frame = self._local_frame(kind, recipient, fields, envelope.ts, sender, sender_pub, entry.link)
         return PreparedDelivery(entry.link, frame, envelope, delivery)
 
     def deliver_from_server(
@@ -334,8 +352,10 @@ class Router(DeliveryOutcomes, Service):
             except Unverified:
                 self._checked_first.add(origin)
             self._count("invalid_sig")
+            if refused[0].startswith("content_sig of"):  # what a relay that re-stamps ts causes too
+                refused[0] += " (forged, or a server re-stamped its ts: not tolerated, INTEROP.md row 12)"
             self._log.warn(
-                "Refused {kind} from server {origin}: {detail}",
+                "Refused SERVER_DELIVER ({kind}) from server {origin}: {detail}",
                 kind=kind,
                 origin=origin,
                 detail=refused[0],

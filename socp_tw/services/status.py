@@ -3,7 +3,13 @@
 Logged every ``--status-interval`` seconds and at once (coalesced to one line per
 reactor turn) whenever the set of linked servers changes::
 
-    Status: Known servers: 3f2504e0-... 7c9e6679-... | users local=2 total=5 | links=2 | rejected=0
+    Status: Known servers: 3f2504e0-... 7c9e6679-... | users local=2 total=5 | links=2
+      | rejected: server frames=0, server links=0        (one line in the log)
+
+"server frames": frames of identified server links we dropped (bad or missing signature,
+changed key, bad presence gossip; a link cut off for bad signatures counts too);
+"server links": connections that tried to identify as a server and were refused (a refused
+HELLO/JOIN/LINK, a refused WELCOME, refusals of a backed-off address).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from socp_tw.timers import repeating, stop_repeating
 
 #: Mesh counters that mean "a peer sent something we refused" (see docs/MESH.md).
 REJECTED_COUNTERS = ("verify_failed", "key_refused", "dropped.bad_gossip", "cut_off")
+#: Mesh counters of refused server connections.
+REFUSED_PREFIXES = ("refused.", "welcome.refused")
 
 
 def user_counts(presence: Any) -> tuple[int, int]:
@@ -59,9 +67,13 @@ class StatusReporter(Service):
         local, total = user_counts(self._presence)
         counters = getattr(self._peers, "counters", {})
         rejected = sum(counters.get(name, 0) for name in REJECTED_COUNTERS)
+        refused = sum(v for k, v in counters.items() if k.startswith(REFUSED_PREFIXES))
         links = len(self._peers.connected_servers())
         users = f"users local={local} total={total}"
-        return f"Known servers: {servers} | {users} | links={links} | rejected={rejected}"
+        return (
+            f"Known servers: {servers} | {users} | links={links}"
+            f" | rejected: server frames={rejected}, server links={refused}"
+        )
 
     def report(self) -> None:
         self._log.info("Status: {status}", status=self.line())

@@ -227,6 +227,7 @@ class Server:
             advertise=("127.0.0.1", 9000),
             now_ms=self.now_ms,
             forged_limit=10**9,
+            signed_refusals=10**9,  # every refusal answered: the back-off has its own tests
             limits=OPEN_LIMITS,
             user_keys=self.user_keys,
         )

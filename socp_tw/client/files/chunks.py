@@ -16,7 +16,7 @@ from socp_tw.client.files.jobs import (
     receive_chunk,
 )
 from socp_tw.client.files.progress import display_name
-from socp_tw.client.files.receive import MAX_SIG_CHARS, Incoming
+from socp_tw.client.files.receive import MAX_SIG_CHARS, UNSIGNED, Incoming
 from socp_tw.client.text import printable
 from socp_tw.content import file_end_preimage
 from socp_tw.logs import get_logger
@@ -41,6 +41,8 @@ class Assembling(TransfersBase):
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < incoming.chunks:
             return self._fail(incoming, f"chunk index {printable(str(index)[:32])} is out of range")
         for field_name, limit in (("ciphertext", _MAX_CIPHERTEXT_CHARS), ("content_sig", MAX_SIG_CHARS)):
+            if field_name == "content_sig" and incoming.unsigned and field_name not in payload:
+                continue  # chunks of an unsigned file carry none; a signed file's chunks must
             value = payload.get(field_name)
             if not isinstance(value, str) or not value or len(value) > limit:
                 return self._fail(incoming, f"chunk {index} is malformed ({field_name})")
@@ -179,7 +181,7 @@ class Assembling(TransfersBase):
         )
         self._show(
             f"[FILE] received {display_name(incoming.name)} from {incoming.sender} -> {incoming.final_path} "
-            f"({incoming.size} bytes, sha256 ok)"
+            f"({incoming.size} bytes, sha256 ok{', ' + UNSIGNED if incoming.unsigned else ''})"
         )
 
     def _completion_failed(self, failure: Any, incoming: Incoming) -> None:

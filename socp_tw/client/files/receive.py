@@ -53,6 +53,11 @@ class Incoming:
     finishing: bool = False
     done: bool = False
     timer: IDelayedCall | None = None
+    unsigned: bool = False  # FILE_START had no content_sig (other clients): sender not verified
+
+
+#: How an unsigned file (docs/INTEROP.md row 4) is labelled wherever it is shown.
+UNSIGNED = "unsigned: sender not verified"
 
 
 class Receiving(TransfersBase):
@@ -109,13 +114,15 @@ class Receiving(TransfersBase):
             sender_key = crypto.load_public_key(payload["sender_pub"])
         except crypto.BadKey as e:
             return self._refuse(sender, file_id, name, f"unusable sender key ({e.detail})")
+        unsigned = "content_sig" not in payload  # the spec defines none for files; ours signs
         preimage = crypto.file_start_preimage(
             file_id, name, payload["size"], payload["sha256"], sender, envelope.to, envelope.ts
         )
-        if not crypto.verify_content_sig(sender_key, preimage, payload["content_sig"]):
+        if not unsigned and not crypto.verify_content_sig(sender_key, preimage, payload["content_sig"]):
             return self._refuse(sender, file_id, name, "invalid signature")
         check = session.pins.check_user(sender, payload["sender_pub"])
-        session._seen_keys[sender] = payload["sender_pub"]
+        if not unsigned:
+            session._seen_keys[sender] = payload["sender_pub"]
         if check.status == CHANGED:
             if (sender, check.fingerprint) not in session._warned_keys:
                 session._warned_keys.add((sender, check.fingerprint))
@@ -126,7 +133,7 @@ class Receiving(TransfersBase):
         mine = [t for t in self._incoming.values() if t.sender == sender]
         if len(mine) >= MAX_INCOMING_PER_SENDER or len(self._incoming) >= MAX_INCOMING:
             return self._refuse(sender, file_id, name, "too many incoming transfers at once")
-        if check.status == NEW and sender != session.user_id:
+        if check.status == NEW and sender != session.user_id and not unsigned:  # pin proven keys only
             session.pins.pin_user(sender, payload["sender_pub"])
             self._show(f"[KEY] pinned the key of {sender} [{check.fingerprint}] (first contact)")
         temp_path = os.path.join(self.download_dir, f".partial_{file_id}")
@@ -157,14 +164,20 @@ class Receiving(TransfersBase):
             temp_path,
             final_path,
             bytearray(count),
+            unsigned=unsigned,
         )
         self._incoming[(sender, file_id)] = incoming
         self._touch(incoming)
         self._count("files_incoming")
         _log.info(
-            "Receiving file {file_id} ({size} bytes) from {sender}", file_id=file_id, size=size, sender=sender
+            "Receiving file {file_id} ({size} bytes) from {sender}{unsigned}",
+            file_id=file_id,
+            size=size,
+            sender=sender,
+            unsigned=f" ({UNSIGNED})" if unsigned else "",
         )
-        self._show(f"[FILE] receiving {display_name(name)} ({size} bytes) from {sender}")
+        label = f" ({UNSIGNED})" if unsigned else ""
+        self._show(f"[FILE] receiving {display_name(name)} ({size} bytes) from {sender}{label}")
         return None
 
     def _start_problem(self, payload: dict[str, Any], name: str | None) -> str | None:
@@ -182,6 +195,8 @@ class Receiving(TransfersBase):
         if mode != "dm":
             return f"mode {printable(str(mode)[:16])!s} is not supported (only dm)"
         for field_name, limit in (("content_sig", MAX_SIG_CHARS), ("sender_pub", _MAX_KEY_CHARS)):
+            if field_name == "content_sig" and field_name not in payload:
+                continue  # an unsigned file (docs/INTEROP.md row 4)
             value = payload.get(field_name)
             if not isinstance(value, str) or not value or len(value) > limit:
                 return f"malformed ({field_name})"

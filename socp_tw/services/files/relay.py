@@ -241,13 +241,17 @@ class FileRelay(Service):
         transfer = Transfer(sender, file_id, recipient, size, chunk_count(size), self._clock.seconds())
         self._transfers.add(transfer)
         self.counters["started"] += 1
+        unsigned = "content_sig" not in fields
+        if unsigned:
+            self.counters["started_unsigned"] += 1
         self._log.info(
-            "File {file_id} {sender} -> {recipient} started ({size} bytes, {chunks} chunks)",
+            "File {file_id} {sender} -> {recipient} started ({size} bytes, {chunks} chunks{unsigned})",
             file_id=file_id,
             sender=sender,
             recipient=recipient,
             size=size,
             chunks=transfer.chunks,
+            unsigned=", unsigned: its client sends no content_sig" if unsigned else "",
         )
 
     async def _chunk(self, sender: str, envelope: wire.Envelope) -> None:

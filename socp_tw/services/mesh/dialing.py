@@ -112,6 +112,7 @@ class PeerDialer:
         self.server_id = server_id
         self.join = join
         self.pem = False  # send our key as b64u(PEM) in SERVER_HELLO_JOIN (bootstrap key given as PEM)
+        self.announce_first = False  # open links with SERVER_ANNOUNCE, not HELLO_LINK (INTEROP.md row 11)
         self.failures = 0
         self._last_logged = float("-inf")  # when the last redial line was logged
         self._logged_failures = 0  # self.failures at that line

@@ -119,11 +119,10 @@ class Gossip:
         try:
             user_id = wire.require_uuid(payload, "user_id")
             server_id = wire.require_uuid(payload, "server_id")
-            pubkey = wire.require_str(payload, "pubkey", max_len=16384)
-            crypto.load_public_key(pubkey)
             meta = payload.get("meta")
             if meta is not None and not isinstance(meta, dict):
                 raise wire.BadFieldType("payload field 'meta' must be an object", "meta")
+            pubkey = _advertised_key(payload, meta)
         except wire.FrameError as e:
             self._bad_gossip(state, envelope, e.detail)
             return
@@ -132,6 +131,9 @@ class Gossip:
             return
         if envelope.from_ != server_id:
             self._not_its_own(state, envelope, user_id, server_id)
+            return
+        if pubkey is None:
+            self._keyless_advertise(state, envelope, user_id, server_id, meta or {})
             return
         verdict = self._user_keys.pin_advertised(user_id, pubkey, server_id)
         if verdict == DIFFERS:
@@ -144,6 +146,28 @@ class Gossip:
         if len(wire.canonical(meta)) > MAX_META_BYTES:
             meta = {"pubkey": pubkey}
         self.counters["gossip.advertise"] += 1
+        self._presence.user_online_remote(user_id, server_id, pubkey, meta)
+        if server_id not in self._by_server:
+            self._schedule_withdraw(server_id)
+        self._forward(envelope, state)
+
+    def _keyless_advertise(
+        self, state: _LinkState, envelope: wire.Envelope, user_id: str, server_id: str, meta: dict
+    ) -> None:
+        """USER_ADVERTISE with no key anywhere (docs/INTEROP.md row 1): the location is recorded
+        and relayed, the pin book is never touched.  The presence entry keeps the key of an
+        earlier (pin-checked) advert of the same user, else it has none; a key for the user only
+        ever comes from a keyed advert, which is checked against the pin as always."""
+        current = self._presence.lookup(user_id)
+        pubkey = current.pubkey if current is not None and not current.local else ""
+        if len(wire.canonical(meta)) > MAX_META_BYTES:
+            meta = {}
+        self.counters["gossip.advertise_keyless"] += 1
+        self._log.debug(
+            "USER_ADVERTISE of user {user} from server {origin} carries no key: location recorded",
+            user=user_id,
+            origin=server_id,
+        )
         self._presence.user_online_remote(user_id, server_id, pubkey, meta)
         if server_id not in self._by_server:
             self._schedule_withdraw(server_id)
@@ -229,3 +253,16 @@ class Gossip:
         if entry.local and self._by_server:
             payload = {"user_id": entry.user_id, "server_id": self.server_id}
             self.broadcast(self._signer.frame("USER_REMOVE", "*", payload))
+
+
+def _advertised_key(payload: dict, meta: dict | None) -> str | None:
+    """The advert's user key: top-level ``pubkey``, else ``meta.pubkey`` (some servers send only
+    that), else None.  A key that is present must be a usable key."""
+    if "pubkey" in payload:
+        pubkey = wire.require_str(payload, "pubkey", max_len=16384)
+    elif meta is not None and "pubkey" in meta:
+        pubkey = wire.require_str(meta, "pubkey", max_len=16384)
+    else:
+        return None
+    crypto.load_public_key(pubkey)
+    return pubkey

@@ -18,6 +18,7 @@ from socp_tw.services.mesh.state import (
     _says_it_acks,
     envelope_list,
 )
+from socp_tw.transport.fanout import send_to_all
 
 
 class Handshake:
@@ -54,30 +55,36 @@ class Handshake:
             self._arm_dead_timer(state)
             return
         link.identity = dialer.server_id
-        link.send(
-            self._signer.frame("SERVER_HELLO_LINK", dialer.server_id, self._address_payload(dialer.server_id))
+        state.opened_with = (
+            "SERVER_ANNOUNCE" if getattr(dialer, "announce_first", False) else "SERVER_HELLO_LINK"
         )
+        to = "*" if state.opened_with == "SERVER_ANNOUNCE" else dialer.server_id
+        link.send(self._signer.frame(state.opened_with, to, self._address_payload(dialer.server_id)))
         self._link_up(state, dialer.server_id)
+
+    def _never_answered(self, state: _LinkState, reason: str | None) -> None:
+        """An outgoing link closed before any verified frame of the peer: it may not know our
+        first frame.  Some servers do not know SERVER_HELLO_LINK and expect SERVER_ANNOUNCE, a
+        third refuses exactly that (docs/INTEROP.md row 11): the next dial opens with the other."""
+        dialer = state.dialer
+        if dialer is None or state.joining or state.healthy or state.opened_with is None:
+            return
+        dialer.announce_first = state.opened_with == "SERVER_HELLO_LINK"
+        self.counters["link.first_frame_switched"] += 1
+        self._log.info(
+            "Server {server_id} never answered our {first} ({reason}): the next dial opens with {other}",
+            server_id=state.server_id,
+            first=state.opened_with,
+            reason=reason or "closed",
+            other="SERVER_ANNOUNCE" if dialer.announce_first else "SERVER_HELLO_LINK",
+        )
 
     # -- first frames of incoming links ---------------------------------------------------------
 
-    def _refuse(self, link: ILink, code: str, detail: str) -> None:
-        """Refuse a pending link that tried to identify as a server: one ERROR, then close."""
-        self.counters["refused." + code] += 1
-        self._log.warn(
-            "Refused server link {link} from {peer} ({code}): {detail}",
-            link=link.link_id,
-            peer=link.peer,
-            code=code,
-            detail=detail,
-        )
-        # The ERROR is signed on the pool: close only once it has been written, or it is lost.
-        frame = self._signer.frame("ERROR", "*", wire.error_payload(code, detail))
-        link.send(frame)
-        frame.addBoth(lambda _: link.close(CLOSE_POLICY, detail[:120]))
-
     def _first_frame(self, link: ILink, envelope: wire.Envelope) -> None:
-        if envelope.type == "SERVER_HELLO_JOIN":
+        if link.link_id in self._refused_links:
+            self.counters["dropped.after_refusal"] += 1  # refused already; closing
+        elif envelope.type == "SERVER_HELLO_JOIN":
             self._accept_join(link, envelope)
         elif envelope.type in ("SERVER_HELLO_LINK", "SERVER_ANNOUNCE"):
             self._accept_link(link, envelope)
@@ -154,8 +161,15 @@ class Handshake:
                 continue
             pubkey = crypto.encode_public_key(known.key, pem=known.pem)
             servers.append({"server_id": server_id, "host": known.host, "port": known.port, "pubkey": pubkey})
+        # ``server_id`` too: one implementation requires it in ``clients`` (docs/INTEROP.md row 11).
         clients = [
-            {"user_id": s["server_id"], "host": s["host"], "port": s["port"], "pubkey": s["pubkey"]}
+            {
+                "user_id": s["server_id"],
+                "server_id": s["server_id"],
+                "host": s["host"],
+                "port": s["port"],
+                "pubkey": s["pubkey"],
+            }
             for s in servers
         ]
         return {"assigned_id": joiner, "clients": clients, "servers": servers}
@@ -174,9 +188,24 @@ class Handshake:
         try:
             key, _ = self._check_key(server_id, key_text, envelope.type, (host, port))
             pinned = server_id in self._known or (host, port) in self._boot_keys
-            if envelope.sig or pinned:
-                if not crypto.verify_payload(key, envelope.payload, envelope.sig):
-                    raise KeyRefused("INVALID_SIG", f"{envelope.type} signature does not verify")
+            if not envelope.sig and pinned:
+                # Some servers never sign a LINK (docs/INTEROP.md row 9): accepted when its key is
+                # the pinned one (_check_key refused any other) and it does not displace a live
+                # link; every later frame on it is verified with that key, so a copier of the
+                # public key gets a link that nothing it sends can pass.
+                if server_id in self._by_server:
+                    raise KeyRefused(
+                        "INVALID_SIG",
+                        f"unsigned {envelope.type} for server {server_id}, which is linked already",
+                    )
+                self.counters["link.unsigned"] += 1
+                self._log.info(
+                    "{type} from server {server_id} has no signature: accepted, it carries the pinned key",
+                    type=envelope.type,
+                    server_id=server_id,
+                )
+            elif envelope.sig and not crypto.verify_payload(key, envelope.payload, envelope.sig):
+                raise KeyRefused("INVALID_SIG", f"{envelope.type} signature does not verify")
             known = self._remember(server_id, key, key_text, (host, port), envelope.type, linked=True)
         except KeyRefused as e:
             self._refuse(link, e.code, e.detail)
@@ -201,6 +230,8 @@ class Handshake:
     def _joining_frame(self, state: _LinkState, envelope: wire.Envelope) -> None:
         if envelope.type == "SERVER_WELCOME":
             self._welcome(state, envelope)
+        elif envelope.type == "SERVER_ANNOUNCE" and state.pending_welcome is not None:
+            self._introducer_announced(state, envelope)
         elif envelope.type == "ERROR":
             payload = envelope.payload
             self._log.warn(
@@ -229,7 +260,39 @@ class Handshake:
                 entries.setdefault(server_id, (server_id, host, port, key_text))
         return list(entries.values())
 
-    def _welcome(self, state: _LinkState, envelope: wire.Envelope) -> None:
+    def _ask_introducer_key(self, state: _LinkState, envelope: wire.Envelope) -> None:
+        """A signed WELCOME that names no key of its introducer (docs/INTEROP.md row 8): keep it,
+        and ask for the key in band: that server answers SERVER_HELLO_LINK with a signed
+        SERVER_ANNOUNCE carrying its key, against which the kept WELCOME is then checked."""
+        state.pending_welcome = envelope
+        self.counters["welcome.key_asked"] += 1
+        self._log.info(
+            "SERVER_WELCOME from {url} carries no key of its server: asking for it with SERVER_HELLO_LINK",
+            url=state.dialer.url,
+        )
+        payload = self._address_payload(envelope.from_, state.dialer.pem)
+        state.link.send(self._signer.frame("SERVER_HELLO_LINK", envelope.from_, payload))
+
+    def _introducer_announced(self, state: _LinkState, envelope: wire.Envelope) -> None:
+        welcome, state.pending_welcome = state.pending_welcome, None
+        try:
+            if envelope.from_ != welcome.from_:
+                raise KeyRefused("BAD_FRAME", "the SERVER_ANNOUNCE is from another server than the WELCOME")
+            _, _, key_text = _parse_address_payload(envelope.payload)
+            key = crypto.load_public_key(key_text)
+            if not crypto.verify_payload(key, envelope.payload, envelope.sig):
+                raise KeyRefused("INVALID_SIG", "its SERVER_ANNOUNCE is not signed by the key it carries")
+        except (wire.FrameError, KeyRefused) as e:
+            self.counters["welcome.refused"] += 1
+            state.welcome_refused = e.detail
+            self._log.error(
+                "Refused SERVER_WELCOME from {url}: {detail}", url=state.dialer.url, detail=e.detail
+            )
+            state.link.close(CLOSE_POLICY, e.detail[:120])
+            return
+        self._welcome(state, welcome, key_text)
+
+    def _welcome(self, state: _LinkState, envelope: wire.Envelope, learnt_key: str | None = None) -> None:
         dialer = state.dialer
         introducer = envelope.from_
         payload = envelope.payload
@@ -247,6 +310,12 @@ class Handshake:
         offered_text = payload.get("server_pub") if isinstance(payload.get("server_pub"), str) else None
         if offered_text is None and own_entry is not None:
             offered_text = own_entry[3]
+        if offered_text is None:
+            offered_text = learnt_key
+        if offered_text is None and envelope.sig and self._known.get(introducer) is None:
+            if self._boot_keys.get((dialer.host, dialer.port)) is None:
+                self._ask_introducer_key(state, envelope)
+                return
         address = (own_entry[1], own_entry[2]) if own_entry is not None else (dialer.host, dialer.port)
         try:
             known = self._known.get(introducer)
@@ -255,9 +324,19 @@ class Handshake:
                 raise KeyRefused("BAD_KEY", "SERVER_WELCOME does not carry the introducer's key")
             key_text = offered_text if offered_text is not None else expected
             key, _ = self._check_key(introducer, key_text, "SERVER_WELCOME", (dialer.host, dialer.port))
-            if (expected is not None or envelope.sig) and not crypto.verify_payload(
-                key, payload, envelope.sig
-            ):
+            if not envelope.sig:
+                # Some servers never sign their WELCOME (docs/INTEROP.md row 7): accepted when its
+                # own entry carries exactly the pinned key (or none is pinned yet); _check_key has
+                # refused any other key, and every later frame on the link is verified with it.
+                if offered_text is None:
+                    raise KeyRefused("INVALID_SIG", "SERVER_WELCOME has no signature and carries no key")
+                self.counters["welcome.unsigned"] += 1
+                self._log.info(
+                    "SERVER_WELCOME from {url} has no signature: accepted, it carries {which} key",
+                    url=dialer.url,
+                    which="the pinned" if expected is not None else "its (now pinned)",
+                )
+            elif not crypto.verify_payload(key, payload, envelope.sig):
                 raise KeyRefused("INVALID_SIG", "SERVER_WELCOME signature does not verify")
             known = self._remember(introducer, key, key_text, address, "SERVER_WELCOME", linked=True)
             own_item = next(
@@ -271,6 +350,7 @@ class Handshake:
             known.acks = _says_it_acks(own_item)
         except KeyRefused as e:
             self.counters["welcome.refused"] += 1
+            state.welcome_refused = e.detail
             self._log.error("Refused SERVER_WELCOME from {url}: {detail}", url=dialer.url, detail=e.detail)
             state.link.close(CLOSE_POLICY, e.detail[:120])
             return
@@ -314,7 +394,17 @@ class Handshake:
             url=dialer.url,
             count=listed,
         )
-        self.broadcast(self._signer.frame("SERVER_ANNOUNCE", "*", self._address_payload()))
+        self._announce_self()
+
+    def _announce_self(self) -> None:
+        """SERVER_ANNOUNCE to every link, our key in the encoding of each peer's own key (§8:
+        a PEM-only peer cannot verify a DER key): one frame per encoding, at most two signatures."""
+        by_encoding: dict[bool, list[ILink]] = {}
+        for server_id, state in self._by_server.items():
+            known = self._known.get(server_id)
+            by_encoding.setdefault(known is not None and known.pem, []).append(state.link)
+        for pem, links in sorted(by_encoding.items()):
+            send_to_all(links, self._signer.frame("SERVER_ANNOUNCE", "*", self._address_payload(pem=pem)))
 
     def _adopt_id(self, assigned: str, introducer: str) -> None:
         old = self.server_id

@@ -86,9 +86,13 @@ class Links:
         self._introduce_neighbours(state)
         if newly:
             self.counters["links_up"] += 1
+            # A link we dialled is up only once the peer answers (verify.py logs that): until
+            # then it may be a peer that does not accept our first frame (INTEROP.md row 11).
+            waiting = state.link.outgoing and not state.healthy
             self._log.info(
-                "Link to server {server_id} up ({direction}, {peer})",
+                "Link to server {server_id} {what} ({direction}, {peer})",
                 server_id=server_id,
+                what="opened, up once it answers" if waiting else "up",
                 direction=state.direction,
                 peer=state.link.peer,
             )

@@ -35,14 +35,16 @@ from socp_tw.services.mesh.handshake import Handshake
 from socp_tw.services.mesh.links import Links
 from socp_tw.services.mesh.liveness import Liveness
 from socp_tw.services.mesh.pins import PEERS_FILE, KnownServer, PinBook, PinStore
+from socp_tw.services.mesh.refusals import REFUSAL_WINDOW, SIGNED_REFUSALS, Refusals
 from socp_tw.services.mesh.relay import Relay
 from socp_tw.services.mesh.seen import SeenCache
 from socp_tw.services.mesh.state import CLAIMED_TYPES, CLOSE_GOING_AWAY, _LinkState
+from socp_tw.services.mesh.userfrom import UserFrom
 from socp_tw.services.mesh.verify import Verify
 
 
 @implementer(IPeerLinks, IPeerLinkEvents, IPresenceObserver)
-class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
+class Mesh(Handshake, Refusals, Links, Liveness, Verify, Gossip, UserFrom, Relay, PinBook, Service):
     """All server links of this server, and the rules of PROTOCOL.md §4.
 
     The parts (one module each) share this object's state: ``_links`` (link_id ->
@@ -73,6 +75,7 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
         seen_max: int = 100_000,
         seen_max_age: float = 600.0,
         forged_limit: int = 10,
+        signed_refusals: int = SIGNED_REFUSALS,
         forged_window: float = 60.0,
         stop_timeout: float = 10.0,
         now_ms: Callable[[], int] = wire.now_ms,
@@ -103,6 +106,9 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
         self.counters: Counter[str] = Counter()
         # Presence frames refused for who sent them, or for a changed user key: one line a minute.
         self._refusals = Aggregated(reactor, 60.0)
+        # Refused server links per remote address: past a few a minute, no signed ERROR (refusals.py).
+        self._refused_hosts = Strikes(signed_refusals, REFUSAL_WINDOW, reactor, max_keys=10_000)
+        self._refused_links: set[str] = set()
         # Per-peer pacing (docs/SECURITY.md): a link past its bucket is not read for a while.
         self.peer_rate = limits.peer_rate
         self._peer_rate = RateLimiter(limits.peer_rate, limits.peer_burst, reactor, max_keys=limits.max_peers)
@@ -289,6 +295,7 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
         )
 
     def link_closed(self, link: ILink, reason: str | None) -> None:
+        self._refused_links.discard(link.link_id)
         self._peer_rate.forget(link.link_id)
         self._strikes.clear(link.link_id)
         paused = self._paused.pop(link.link_id, None)
@@ -302,10 +309,18 @@ class Mesh(Handshake, Links, Liveness, Verify, Gossip, Relay, PinBook, Service):
             return
         self._stop_timers(state)
         if state.joining:
-            self._log.info(
-                "Join through {url} failed: link closed before SERVER_WELCOME ({reason})",
-                url=state.dialer.url,
-                reason=reason,
-            )
+            if state.welcome_refused is not None:
+                self._log.info(
+                    "Join through {url} failed: its SERVER_WELCOME was refused ({detail})",
+                    url=state.dialer.url,
+                    detail=state.welcome_refused,
+                )
+            else:
+                self._log.info(
+                    "Join through {url} failed: link closed before SERVER_WELCOME ({reason})",
+                    url=state.dialer.url,
+                    reason=reason,
+                )
             return
+        self._never_answered(state, reason)
         self._link_down(state, reason or "closed")

@@ -60,6 +60,9 @@ class _LinkState:
     up: bool = False  # the registered link of server_id
     retired: bool = False  # lost a duplicate-link tie-break, or dropped: closing
     healthy: bool = False  # a verified frame from the peer arrived on it
+    opened_with: str | None = None  # our first frame on an outgoing LINK dial (INTEROP.md row 11)
+    pending_welcome: Any = None  # a signed WELCOME without the introducer's key (INTEROP.md row 8)
+    welcome_refused: str | None = None  # why we refused the WELCOME that arrived on this join link
     last_seen: float = 0.0
     heartbeat: LoopingCall | None = None
     dead_timer: IDelayedCall | None = None

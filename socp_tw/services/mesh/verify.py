@@ -15,6 +15,7 @@ from socp_tw.services.mesh.state import (
     NEVER_ANSWERED,
     _LinkState,
 )
+from socp_tw.services.mesh.userfrom import USER_FROM_TYPES
 
 
 class Verify:
@@ -104,6 +105,8 @@ class Verify:
         if known is None:
             if kind == "SERVER_ANNOUNCE":
                 self._announce(state, envelope, seen_key, None)
+            elif kind in USER_FROM_TYPES and wire.is_uuid(origin):
+                self._user_from(state, envelope, body)  # a user's id as ``from``: INTEROP.md row 10
             else:
                 self.counters["dropped.unknown_origin"] += 1
                 self._log.debug("Dropped {type} from unknown server {origin}", type=kind, origin=origin)
@@ -148,6 +151,7 @@ class Verify:
             state.healthy = True
             if state.dialer is not None:
                 state.dialer.mark_healthy()
+                self._log.info("Link to server {server_id} up (outgoing: it answered)", server_id=origin)
         if seen_key is not None:
             self._seen.add(seen_key)
         self.counters["verified"] += 1  # every frame is counted: verified here, or dropped above

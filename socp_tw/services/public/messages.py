@@ -45,32 +45,46 @@ class Messages:
             return d
         payload = envelope.payload
         recipient = envelope.to
-        if recipient == GROUP:
-            raise wire.BadFieldType(
-                "send MSG_PUBLIC_CHANNEL once per member, to that member's user id, encrypted to its key"
-                " (SOCP v1.3 has no group cipher)",
-                "to",
-            )
-        if not wire.is_uuid(recipient):
-            raise wire.BadUUID("MSG_PUBLIC_CHANNEL 'to' must be a member's user id", "to")
+        if recipient != GROUP and not wire.is_uuid(recipient):
+            raise wire.BadUUID("MSG_PUBLIC_CHANNEL 'to' must be a member's user id or \"public\"", "to")
         fields = extract_fields("MSG_PUBLIC_CHANNEL", payload)
         sender_pub = wire.require_str(payload, "sender_pub", max_len=MAX_KEY_TEXT)
         own = channel.users.authenticated_key(sender)
         if own is None or (sender_pub != own and _normalised(sender_pub) != own):
             raise wire.InvalidSig("sender_pub is not the key you authenticated with")
-        if not channel.state.is_member(recipient):
+        if recipient != GROUP and not channel.state.is_member(recipient):
             channel.counters["not_member"] += 1
             raise _NotMember(f"user {recipient} is not a member of the public channel")
         key = crypto.load_public_key(sender_pub)
         preimage = crypto.public_preimage(fields["ciphertext"], sender, envelope.ts)
         if crypto.pss_verify(key, preimage, fields["content_sig"]):  # what conforming clients send
-            self._route(link, recipient, fields, envelope.ts, sender, sender_pub)
+            self._send(link, recipient, fields, envelope.ts, sender, sender_pub)
             return None
         d = channel.workers.run(
             verify_user_content, "MSG_PUBLIC_CHANNEL", fields, sender, recipient, envelope.ts, sender_pub
         )
-        d.addCallback(lambda _: self._route(link, recipient, fields, envelope.ts, sender, sender_pub))
+        d.addCallback(lambda _: self._send(link, recipient, fields, envelope.ts, sender, sender_pub))
         return d
+
+    def _send(
+        self, link: ILink, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str
+    ) -> None:
+        """One member's copy to that member; a copy ``to: "public"`` (other clients send one copy
+        for the channel, docs/INTEROP.md row 5) to every online member but the sender, unchanged:
+        its content_sig covers ciphertext, sender and ts only, so it verifies at each of them."""
+        if recipient != GROUP:
+            self._route(link, recipient, fields, ts, sender, sender_pub)
+            return
+        channel = self._channel
+        channel.counters["to_public"] += 1
+        for member in sorted(channel.state.members()):
+            if member == sender or channel.presence.lookup(member) is None:
+                continue
+            try:
+                channel.router.route("MSG_PUBLIC_CHANNEL", member, fields, ts, sender, sender_pub)
+            except UserNotFound:
+                continue
+            channel.counters["routed"] += 1
 
     def _route(
         self, link: ILink, recipient: str, fields: dict[str, Any], ts: int, sender: str, sender_pub: str

@@ -217,6 +217,16 @@ class Rekeying:
     def updated_received(self, envelope: wire.Envelope, link: ILink) -> None:
         """A server's PUBLIC_CHANNEL_UPDATED: one signed part of a key; adopt the key once whole."""
         channel = self._channel
+        if "creator_pub" not in envelope.payload and "content_sig" not in envelope.payload:
+            # The spec's own shape {version, wraps} (other servers, docs/INTEROP.md row 6): nobody
+            # signed those wraps, so they cannot be adopted or passed on; not an attack either.
+            channel.counters["ignored.unsigned_update"] += 1
+            self._log.debug(
+                "Ignored PUBLIC_CHANNEL_UPDATED from server {origin}: the spec's unsigned form"
+                " (no creator_pub/content_sig)",
+                origin=envelope.from_,
+            )
+            return
         part = parse_key_part(envelope)
         pinned = channel.peers.server_key(part.creator)
         part.check_creator(pinned)

@@ -7,6 +7,10 @@ client that says ``"presence": "lists"`` in its ``USER_HELLO`` (docs/MESH.md, "P
 local users") gets instead one ``USER_LIST {users, removed}`` per :data:`PRESENCE_WINDOW`
 holding every change of that window (the last event per user), in pages of
 :data:`MAX_LIST_USERS`: a burst of logins costs it one frame per window, not one per login.
+
+Keys go to each user in the encoding of its own hello key (services/keymirror.py): users who
+sent b64u(PEM) get a second frame with the key as PEM, signed once for all of them, cached
+beside the DER one (made at the first PEM user's hello if need be).
 """
 
 from __future__ import annotations
@@ -15,56 +19,103 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from socp_tw.services.keymirror import key_for, reads_pem
 from socp_tw.services.users.state import MAX_CACHED_ADVERTS
-from socp_tw.transport.fanout import sign_for_all
+from socp_tw.transport.fanout import copies_of, sign_for_all
 
 PRESENCE_WINDOW = 0.2  # seconds presence changes are gathered before one USER_LIST goes out
 MAX_LIST_USERS = 50  # users per USER_LIST page (an advert is ~2.3 KB: a page stays far below a frame)
 PRESENCE_LISTS = "lists"  # USER_HELLO "presence" value that asks for batched USER_LIST
 
 
+class _PemLink:
+    pem_keys = True
+
+
+def _advert_payload(entry: Any, pem: bool) -> dict[str, Any]:
+    if not entry.pubkey:  # learnt from a keyless advert (docs/INTEROP.md row 1): a location only
+        return {"user_id": entry.user_id, "server_id": entry.server_id, "meta": dict(entry.meta)}
+    pubkey = key_for(_PemLink, entry.pubkey) if pem else entry.pubkey
+    return {
+        "user_id": entry.user_id,
+        "server_id": entry.server_id,
+        "pubkey": pubkey,
+        "meta": {**entry.meta, "pubkey": pubkey},
+    }
+
+
 class _Adverts:
     """IPresenceObserver for :class:`UserSide`: one signed frame per event, replayed after a hello;
     batched for the links in ``_list_links``."""
 
-    def user_online(self, entry: Any) -> None:
-        meta = {**entry.meta, "pubkey": entry.pubkey}
-        payload = {
-            "user_id": entry.user_id,
-            "server_id": entry.server_id,
-            "pubkey": entry.pubkey,
-            "meta": meta,
-        }
-        frame = self._relay("USER_ADVERTISE", payload, entry.user_id)
-        if entry.user_id in self._adverts or len(self._adverts) < MAX_CACHED_ADVERTS:
-            self._adverts[entry.user_id] = frame
-
-        def remember(data: bytes | None) -> bytes | None:
-            if self._adverts.get(entry.user_id) is frame:  # not withdrawn or re-advertised since
-                if isinstance(data, bytes):
-                    self._adverts[entry.user_id] = data
-                else:
-                    del self._adverts[entry.user_id]
-            return data
-
-        frame.addCallback(remember)
-        self._gather(entry.user_id, True, payload)
-
-    def user_offline(self, entry: Any) -> None:
-        self._adverts.pop(entry.user_id, None)
-        payload = {"user_id": entry.user_id, "server_id": entry.server_id}
-        self._relay("USER_REMOVE", payload, entry.user_id)
-        self._gather(entry.user_id, False, payload)
-
-    def _relay(self, frame_type: str, payload: dict[str, Any], about: str) -> Deferred:
-        """Sign one frame and send the same bytes to every local user but ``about`` (and those
-        who get lists)."""
+    def _event_links(self, about: str) -> list:
+        """Every local user's link but ``about``'s and those that get batched lists."""
         lists = self._list_links
-        links = [
+        return [
             e.link
             for e in self._presence.local_entries()
             if e.user_id != about and e.link.link_id not in lists
         ]
+
+    def user_online(self, entry: Any) -> None:
+        links = self._event_links(entry.user_id)
+        pem_links = [link for link in links if reads_pem(link)]
+        der_links = [link for link in links if not reads_pem(link)]
+        self._cache(self._adverts, entry.user_id, self._relay_to(der_links, _advert_payload(entry, False)))
+        if pem_links:
+            frame = self._relay_to(pem_links, _advert_payload(entry, True))
+            self._cache(self._adverts_pem, entry.user_id, frame)
+        else:
+            self._adverts_pem.pop(entry.user_id, None)  # stale now; made again when a PEM user needs it
+        self._gather(entry.user_id, True, _advert_payload(entry, False))
+
+    def _cache(self, cache: dict[str, bytes | Deferred], user_id: str, frame: Deferred) -> None:
+        if user_id in cache or len(cache) < MAX_CACHED_ADVERTS:
+            cache[user_id] = frame
+
+        def remember(data: bytes | None) -> bytes | None:
+            if cache.get(user_id) is frame:  # not withdrawn or re-advertised since
+                if isinstance(data, bytes):
+                    cache[user_id] = data
+                else:
+                    del cache[user_id]
+            return data
+
+        frame.addCallback(remember)
+
+    def _replay_adverts(self, link: Any, user_id: str) -> None:
+        """After a hello: every cached advert but the user's own, in the encoding it reads."""
+        pem = reads_pem(link)
+        for other, frame in list(self._adverts.items()):
+            if other == user_id:
+                continue
+            if pem:
+                pem_frame = self._adverts_pem.get(other)
+                if pem_frame is None:
+                    entry = self._presence.lookup(other)
+                    if entry is None:
+                        continue
+                    pem_frame = self._signer.frame("USER_ADVERTISE", "*", _advert_payload(entry, True))
+                    self._cache(self._adverts_pem, other, pem_frame)
+                frame = pem_frame
+            link.send(copies_of(frame, 1)[0])
+
+    def user_offline(self, entry: Any) -> None:
+        self._adverts.pop(entry.user_id, None)
+        self._adverts_pem.pop(entry.user_id, None)
+        payload = {"user_id": entry.user_id, "server_id": entry.server_id}
+        self._relay("USER_REMOVE", payload, entry.user_id)
+        self._gather(entry.user_id, False, payload)
+
+    def _relay_to(self, links: list, payload: dict[str, Any]) -> Deferred:
+        frame = sign_for_all(self._signer, self._log, "USER_ADVERTISE", payload, links)
+        self.counters["relayed.USER_ADVERTISE"] += len(links)
+        return frame
+
+    def _relay(self, frame_type: str, payload: dict[str, Any], about: str) -> Deferred:
+        """Sign one frame and send the same bytes to every local user but ``about`` (and those
+        who get lists)."""
+        links = self._event_links(about)
         frame = sign_for_all(self._signer, self._log, frame_type, payload, links)
         self.counters["relayed." + frame_type] += len(links)
         return frame  # fires with the frame's bytes, or None if signing failed

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from socp_tw import crypto, wire
 from socp_tw.content import extract_fields, verify_user_content
 from socp_tw.interfaces import ILink, Unverified, UserNotFound
+from socp_tw.services.keymirror import key_for
 from socp_tw.services.users.state import MAX_KEY_TEXT, _normalised_key_text
 
 
@@ -91,13 +92,18 @@ class _AuthenticatedFrames:
             )
             return
         home = row.get("home_server") or self._signer.server_id
-        payload = {"user_id": row["user_id"], "pubkey": row["pubkey"], "server_id": home, "online": False}
+        payload = {
+            "user_id": row["user_id"],
+            "pubkey": key_for(link, row["pubkey"]),
+            "server_id": home,
+            "online": False,
+        }
         self._send(link, "PUBKEY_RESPONSE", user_id, payload)
 
     def _pubkey_request(self, link: ILink, user_id: str, envelope: wire.Envelope) -> Deferred | None:
         wanted = wire.require_uuid(envelope.payload, "user_id")
         entry = self._presence.lookup(wanted)
-        if entry is None:
+        if entry is None or not entry.pubkey:  # a keyless advert: the pin, if any, has the key
             if self._user_keys.lookup(wanted) is None:
                 self.send_error(
                     link,
@@ -115,5 +121,5 @@ class _AuthenticatedFrames:
             link,
             "PUBKEY_RESPONSE",
             user_id,
-            {"user_id": entry.user_id, "pubkey": entry.pubkey, "server_id": entry.server_id},
+            {"user_id": entry.user_id, "pubkey": key_for(link, entry.pubkey), "server_id": entry.server_id},
         )

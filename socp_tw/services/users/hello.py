@@ -12,6 +12,7 @@ from socp_tw.auth.errors import KeystoreError
 from socp_tw.auth.hello import hello_proof_preimage
 from socp_tw.interfaces import ILink, NameInUse
 from socp_tw.interfaces.users import DIFFERS
+from socp_tw.services.keymirror import key_for
 from socp_tw.services.users.adverts import PRESENCE_LISTS
 from socp_tw.services.users.names import stored_name
 from socp_tw.services.users.state import (
@@ -22,7 +23,6 @@ from socp_tw.services.users.state import (
     _optional_str,
     _UserLink,
 )
-from socp_tw.transport.fanout import copies_of
 
 
 class _Hello:
@@ -50,6 +50,7 @@ class _Hello:
         proof = _optional_str(payload, "proof", 2048)
         state.presence_lists = _optional_str(payload, "presence", 32) == PRESENCE_LISTS
         key = crypto.load_public_key(pubkey_text)
+        state.pem_keys = crypto.is_pem_b64u(pubkey_text)
         meta: dict[str, Any] = {}
         if client is not None:
             meta["client"] = client
@@ -206,6 +207,7 @@ class _Hello:
         link.identity = claim.user_id
         if state.presence_lists:
             self._list_links.add(link.link_id)
+        link.pem_keys = state.pem_keys  # keys sent to it mirror its own (services/keymirror.py)
         self._hub.bind(link, self)
         self.counters["hello_ok"] += 1
         self._log.info(
@@ -222,10 +224,8 @@ class _Hello:
             {
                 "msg_ref": "USER_HELLO",
                 "server_id": self._signer.server_id,
-                "server_pub": self._signer.public_key_text,
+                "server_pub": key_for(link, self._signer.public_key_text),
                 **({"name": claim.meta["name"]} if "name" in claim.meta else {}),
             },
         )
-        for user_id, frame in list(self._adverts.items()):
-            if user_id != claim.user_id:
-                link.send(copies_of(frame, 1)[0])
+        self._replay_adverts(link, claim.user_id)

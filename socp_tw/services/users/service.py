@@ -94,6 +94,7 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         self._list_links: set[str] = set()
         self._presence_batch: dict[str, tuple[bool, dict]] = {}
         self._presence_call = None
+        self._adverts_pem: dict[str, bytes | Deferred] = {}  # the same, keys as PEM (keymirror)
         self._auth_handlers: dict[str, Callable[[_UserLink, wire.Envelope], Deferred | None]] = {
             "USER_REGISTER": self._register,
             "USER_LOGIN_START": self._login_start,

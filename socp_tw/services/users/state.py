@@ -102,6 +102,7 @@ class _UserLink:
     closed: bool = False
     sign_ahead: bool = True  # DMs signed while their content_sig is checked (until one fails)
     presence_lists: bool = False  # its hello asked for batched USER_LIST presence (adverts.py)
+    pem_keys: bool = False  # its hello key was b64u(PEM): keys sent to it are too (keymirror)
 
 
 def _normalised_key_text(text: str) -> str | None:

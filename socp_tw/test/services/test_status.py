@@ -37,17 +37,22 @@ class StatusTests(SynchronousTestCase):
         self.clock.advance(30)
         self.assertEqual(
             self.status_lines(),
-            ["Status: Known servers: (none) | users local=0 total=0 | links=0 | rejected=0"],
+            [
+                "Status: Known servers: (none) | users local=0 total=0 | links=0"
+                " | rejected: server frames=0, server links=0"
+            ],
         )
         self.presence.user_online_local(USER, "k", {}, FakeLink())
         self.presence.user_online_remote(ALICE, S1, "k", {})
         self.peers.counters["verify_failed"] = 2
+        self.peers.counters["refused.INVALID_SIG"] = 3
         self.peers.link(S2)
         self.peers.link(S1)  # two changes in one turn: one line
         self.clock.advance(0)
         self.assertEqual(
             self.status_lines()[-1],
-            f"Status: Known servers: {S1} {S2} | users local=1 total=2 | links=2 | rejected=2",
+            f"Status: Known servers: {S1} {S2} | users local=1 total=2 | links=2"
+            " | rejected: server frames=2, server links=3",
         )
         self.assertEqual(len(self.status_lines()), 2)
         self.clock.advance(30)

@@ -247,3 +247,46 @@ class ReceiverFlowControlTests(ClientFilesBase):
             "FILE_END", self.relayed(end_payload(self.peer_key, file_id, 6, self.peer, self.me, ts)), ts
         )
         self.assertEqual((self.download / f"received_{file_id}").read_bytes(), data)
+
+
+class UnsignedFileTests(ClientFilesBase):
+    """docs/INTEROP.md row 4: a file from a client that signs no file frames."""
+
+    def test_unsigned_file_is_received_and_labelled(self) -> None:
+        import hashlib
+
+        data = os.urandom(CHUNK_BYTES + 7)
+        file_id = wire.new_uuid4()
+        start = {"file_id": file_id, "name": "in.bin", "size": len(data), "mode": "dm"}
+        start["sha256"] = hashlib.sha256(data).hexdigest()
+        self.push("FILE_START", self.relayed(start))
+        self.assertEqual(
+            self.ui.lines[-1],
+            f"[FILE] receiving in.bin ({len(data)} bytes) from {self.peer} (unsigned: sender not verified)",
+        )
+        for index in range(2):
+            piece = data[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+            ciphertext = crypto.oaep_encrypt(self.my_key.public_key(), piece)
+            self.push(
+                "FILE_CHUNK", self.relayed({"file_id": file_id, "index": index, "ciphertext": ciphertext})
+            )
+        self.push("FILE_END", self.relayed({"file_id": file_id}))
+        target = self.download / f"received_{file_id}"
+        self.assertEqual(target.read_bytes(), data)
+        self.assertTrue(
+            self.ui.lines[-1].endswith("sha256 ok, unsigned: sender not verified)"), self.ui.lines
+        )
+        self.assertIsNone(self.session.pins.user_key(self.peer))  # an unproven key is not pinned
+
+    def test_signed_file_still_needs_signed_chunks(self) -> None:
+        data = b"abc"
+        file_id = wire.new_uuid4()
+        ts = 1_700_000_000_000
+        self.push(
+            "FILE_START",
+            self.relayed(start_payload(self.peer_key, file_id, "in.bin", data, self.peer, self.me, ts)),
+            ts,
+        )
+        ciphertext = crypto.oaep_encrypt(self.my_key.public_key(), data)
+        self.push("FILE_CHUNK", self.relayed({"file_id": file_id, "index": 0, "ciphertext": ciphertext}), ts)
+        self.assertIn("chunk 0 is malformed (content_sig)", self.ui.lines[-1])

@@ -89,9 +89,13 @@ class HelloLinkTests(MeshTestCase):
     def test_unsigned_hello_is_trust_on_first_use_only(self) -> None:
         link = self.hello(S1, self.address(S1), sig="")
         self.assertEqual(self.mesh.connected_servers(), [S1])
+        # Once pinned, an unsigned one must carry the pinned key and not displace the live link
+        # (INTEROP.md row 9).
+        second = self.hello(S1, self.address(S1), sig="")
+        self.assertEqual(second.frames()[-1]["payload"]["code"], "INVALID_SIG")
+        self.assertEqual(self.mesh.link_to(S1), link)
         self.mesh.link_closed(link, "bye")
-        again = self.hello(S1, self.address(S1), sig="")
-        self.assert_refused(again, "INVALID_SIG")
+        self.assert_refused(self.hello(S1, {**self.address(S1), "pubkey": pub(S2)}, sig=""), "BAD_KEY")
 
     def test_own_id_and_own_key_are_refused(self) -> None:
         self.assert_refused(self.hello(HERE, self.address(HERE)), "BAD_FRAME")
@@ -283,8 +287,9 @@ class WelcomeTests(SynchronousTestCase):
         self.assertEqual(node.mesh.connected_servers(), [S1])
 
     def test_welcome_without_key_is_refused(self) -> None:
+        # Unsigned and keyless: nothing to check it with (a signed one asks: INTEROP.md row 8).
         node, link, _ = self.start()
-        self.welcome(node, link, {"assigned_id": HERE, "servers": []})
+        self.welcome(node, link, {"assigned_id": HERE, "servers": []}, sig="")
         self.assertEqual(link.closed[0], 1008)
         self.assertEqual(node.mesh.connected_servers(), [])
 
@@ -303,11 +308,11 @@ class WelcomeTests(SynchronousTestCase):
         self.assertEqual(link.closed[0], 1008)
         self.assertEqual(node.mesh.connected_servers(), [])
         self.assertEqual(node.mesh.counters["key_refused"], 1)
-        # An unsigned WELCOME is no better once the key is known in advance.
+        # An unsigned WELCOME with another key than the pin is no better (INTEROP.md row 7).
         link2 = FakeLink("out-2")
         link2.outgoing = True
         node.mesh.outgoing_opened(link2, dialer)
-        self.welcome(node, link2, {"assigned_id": HERE, "server_pub": pub(S1)}, sig="")
+        self.welcome(node, link2, {"assigned_id": HERE, "server_pub": pub(S2)}, sig="")
         self.assertEqual(link2.closed[0], 1008)
 
     def test_welcome_when_already_linked_by_us(self) -> None:

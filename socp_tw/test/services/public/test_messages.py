@@ -62,11 +62,29 @@ class MessageTests(PublicTestBase):
         self.assertEqual(deliver["payload"]["type"], "MSG_PUBLIC_CHANNEL")
         self.assertEqual(deliver["to"], B)
 
-    def test_to_public_refused_with_an_explanation(self) -> None:
-        with self.assertRaises(wire.FrameError) as caught:
-            self.send(public_message(ALICE, BOB, to="public"))
-        self.assertEqual(caught.exception.code, "BAD_FIELD")
-        self.assertIn("once per member", caught.exception.detail)
+    def test_to_public_goes_to_every_online_member(self) -> None:
+        """docs/INTEROP.md row 5: one copy ``to: "public"``, as other clients send it."""
+        message = public_message(ALICE, BOB, to="public")
+        self.assertIsNone(self.send(message))
+        self.net.pump()
+        [local] = self.a.frames(BOB, ("MSG_PUBLIC_CHANNEL",))
+        [remote] = self.b.frames(CAROL, ("MSG_PUBLIC_CHANNEL",))
+        for frame, server in ((local, A), (remote, B)):
+            self.assertEqual((frame["from"], frame["ts"]), (server, message.ts))
+            self.assertEqual(frame["payload"]["ciphertext"], message.payload["ciphertext"])
+            self.assertEqual(frame["payload"]["sender"], ALICE)
+        self.assertEqual(self.a.frames(ALICE, ("MSG_PUBLIC_CHANNEL",)), [])  # never back to the sender
+        self.assertEqual(self.a.public.counters["to_public"], 1)
+        self.assertEqual(self.a.users.errors, [])
+
+    def test_to_public_still_checks_the_content_sig(self) -> None:
+        forged = public_message(
+            ALICE, BOB, to="public", content_sig=public_message(BOB, BOB).payload["content_sig"]
+        )
+        self.failureResultOf(self.send(forged), ContentError)
+        self.assertEqual(self.a.frames(BOB, ("MSG_PUBLIC_CHANNEL",)), [])
+
+    def test_bad_to_refused(self) -> None:
         with self.assertRaises(wire.FrameError) as caught:
             self.send(public_message(ALICE, BOB, to="nobody"))
         self.assertEqual(caught.exception.code, "BAD_UUID")
