@@ -115,6 +115,7 @@ class PeerClientFactory(WebSocketClientFactory):
     """
 
     protocol = SOCPPeerClientProtocol
+    noisy = False  # no "Starting factory" / "Stopping factory" line on every redial
 
     def __init__(self, dialer: IOutgoingLinkOwner, max_frame_bytes: int) -> None:
         super().__init__(dialer.url, useragent=f"socp-tw/{__version__}")
