@@ -244,6 +244,9 @@ class Authentication(SessionCore):
                     server_id = answer.from_
         pub = crypto.encode_public_key(key)
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": pub, "enc_pubkey": pub}
+        # Presence in batches (one USER_LIST per 0.2 s) rather than a frame per login anywhere:
+        # our server's extension (docs/MESH.md); other servers ignore the field.
+        payload["presence"] = "lists"
         if nonce is not None:
             preimage = hello_proof_preimage(nonce, user_id, server_id or "")
             payload["nonce"] = nonce

@@ -23,12 +23,15 @@ class Peers(SessionCore):
         if self._signed_by_server(envelope) is False and envelope.from_ == self.server_id:
             self._count("bad_server_sig")
             return
-        payload = envelope.payload
+        self._apply_advert(envelope.payload, envelope.from_)
+
+    def _apply_advert(self, payload: dict, sent_by: str) -> None:
+        """One user online (a USER_ADVERTISE, or an entry of a batched USER_LIST)."""
         user_id = payload.get("user_id")
         if not wire.is_uuid(user_id) or user_id == self.user_id:
             return
         server_id = payload.get("server_id")
-        self.presence[user_id] = server_id if isinstance(server_id, str) else envelope.from_
+        self.presence[user_id] = server_id if isinstance(server_id, str) else sent_by
         meta = payload.get("meta")
         before, was_called = self.names.who(user_id), self.names.claims.get(user_id)
         self.names.claim(user_id, meta)
@@ -63,8 +66,12 @@ class Peers(SessionCore):
     def _on_remove(self, envelope: wire.Envelope) -> None:
         if self._signed_by_server(envelope) is False and envelope.from_ == self.server_id:
             return
-        user_id = envelope.payload.get("user_id")
-        server_id = envelope.payload.get("server_id")
+        self._apply_remove(envelope.payload)
+
+    def _apply_remove(self, payload: dict) -> None:
+        """One user offline (a USER_REMOVE, or a ``removed`` entry of a batched USER_LIST)."""
+        user_id = payload.get("user_id")
+        server_id = payload.get("server_id")
         if isinstance(user_id, str) and (server_id is None or self.presence.get(user_id) == server_id):
             self.presence.pop(user_id, None)
             self._announce(user_id, online=False)
@@ -76,14 +83,18 @@ class Peers(SessionCore):
         if not isinstance(users, list):
             return
         for item in users[:10000]:
-            if isinstance(item, dict):
+            if isinstance(item, dict) and ("pubkey" in item or isinstance(item.get("meta"), dict)):
+                self._apply_advert(item, envelope.from_)  # our server's batched presence (docs/MESH.md)
+            elif isinstance(item, dict):
                 user_id = item.get("user_id")
                 if wire.is_uuid(user_id) and user_id != self.user_id:
                     self.presence.setdefault(user_id, str(item.get("server_id", "")))
-                    if isinstance(item.get("pubkey"), str):
-                        self._saw_key(user_id, item["pubkey"])
             elif wire.is_uuid(item) and item != self.user_id:
                 self.presence.setdefault(item, "")
+        removed = envelope.payload.get("removed")
+        for item in removed[:10000] if isinstance(removed, list) else []:
+            if isinstance(item, dict):
+                self._apply_remove(item)
 
     def _saw_key(self, user_id: str, pubkey: str) -> bool:
         """Remember the key the network shows for ``user_id``; warn once if it differs from the pin."""

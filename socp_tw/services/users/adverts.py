@@ -124,8 +124,8 @@ class _Adverts:
 
     def _gather(self, user_id: str, online: bool, item: dict[str, Any]) -> None:
         """Keep the last change of ``user_id`` for the next USER_LIST, if anyone gets lists."""
-        if not self._list_links:
-            return
+        if not self._list_links or self._presence_stopped:
+            return  # nobody gets lists, or the server is stopping (its links are closing)
         self._presence_batch.pop(user_id, None)  # re-inserted: the pages keep the order of the events
         self._presence_batch[user_id] = (online, item)
         if self._presence_call is None:
@@ -152,7 +152,10 @@ class _Adverts:
             self.counters["relayed.USER_LIST"] += len(links)
         self.counters["presence_lists"] += 1
 
+    _presence_stopped = False
+
     def stopService(self) -> Any:
+        self._presence_stopped = True
         if self._presence_call is not None and self._presence_call.active():
             self._presence_call.cancel()
         self._presence_call = None
