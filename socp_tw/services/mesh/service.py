@@ -32,6 +32,7 @@ from socp_tw.limits import DEFAULT_LIMITS, Limits, RateLimiter, Strikes
 from socp_tw.logs import Aggregated, get_logger
 from socp_tw.services.mesh.gossip import Gossip
 from socp_tw.services.mesh.handshake import Handshake
+from socp_tw.services.mesh.joining import Joining
 from socp_tw.services.mesh.links import Links
 from socp_tw.services.mesh.liveness import Liveness
 from socp_tw.services.mesh.pins import PEERS_FILE, KnownServer, PinBook, PinStore
@@ -44,7 +45,7 @@ from socp_tw.services.mesh.verify import Verify
 
 
 @implementer(IPeerLinks, IPeerLinkEvents, IPresenceObserver)
-class Mesh(Handshake, Refusals, Links, Liveness, Verify, Gossip, UserFrom, Relay, PinBook, Service):
+class Mesh(Handshake, Joining, Refusals, Links, Liveness, Verify, Gossip, UserFrom, Relay, PinBook, Service):
     """All server links of this server, and the rules of PROTOCOL.md §4.
 
     The parts (one module each) share this object's state: ``_links`` (link_id ->
