@@ -27,6 +27,7 @@ from socp_tw.crypto.keys import (
     RSA_BITS,
     BadKey,
     check_key_strength,
+    digest_fingerprint,
     encode_public_key,
     fingerprint,
     generate_private_key,
@@ -34,6 +35,7 @@ from socp_tw.crypto.keys import (
     load_private_key,
     load_public_key,
     private_key_to_pkcs8_der,
+    spki_digest,
 )
 from socp_tw.crypto.oaep import (
     OAEP_MAX_PLAINTEXT,
@@ -53,6 +55,7 @@ __all__ = [
     "BadKey",
     "DecryptError",
     "check_key_strength",
+    "digest_fingerprint",
     "dm_preimage",
     "encode_public_key",
     "file_chunk_preimage",
@@ -71,6 +74,7 @@ __all__ = [
     "public_preimage",
     "sign_content",
     "sign_payload",
+    "spki_digest",
     "split_plaintext",
     "split_text",
     "verify_content_sig",

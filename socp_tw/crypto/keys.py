@@ -151,7 +151,17 @@ def fingerprint(key_or_text: RSAPublicKey | RSAPrivateKey | str) -> str:
 
     A string is read with :func:`load_public_key` (so it may raise :class:`BadKey`).
     """
+    return digest_fingerprint(spki_digest(key_or_text))
+
+
+def spki_digest(key_or_text: RSAPublicKey | RSAPrivateKey | str) -> bytes:
+    """sha256 of the key's DER SubjectPublicKeyInfo, whatever encoding it came in (a string is
+    read with :func:`load_public_key`, so it may raise :class:`BadKey`)."""
     key = load_public_key(key_or_text) if isinstance(key_or_text, str) else _public(key_or_text)
-    der = key.public_bytes(serialization.Encoding.DER, _SPKI)
-    digest = hashlib.sha256(der).hexdigest()[:16]
-    return ":".join(digest[i : i + 4] for i in range(0, 16, 4))
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER, _SPKI)).digest()
+
+
+def digest_fingerprint(digest: bytes) -> str:
+    """:func:`fingerprint` of a key known by its :func:`spki_digest` only."""
+    text = digest.hex()[:16]
+    return ":".join(text[i : i + 4] for i in range(0, 16, 4))

@@ -13,11 +13,10 @@ Memory: one 32-byte digest, the home server id and a flag per user id (~200 byte
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
-from cryptography.hazmat.primitives import serialization
 from twisted.application.service import Service
 from zope.interface import implementer
 
@@ -39,15 +38,14 @@ class UserKeyPin:
     @property
     def fingerprint(self) -> str:
         """The key's short fingerprint, as :func:`socp_tw.crypto.fingerprint` prints it."""
-        text = self.digest.hex()[:16]
-        return ":".join(text[i : i + 4] for i in range(0, 16, 4))
+        return crypto.digest_fingerprint(self.digest)
 
 
+@lru_cache(maxsize=4096)
 def key_digest(pubkey: str) -> bytes:
-    """sha256(DER SPKI) of a key in any accepted encoding; :class:`crypto.BadKey` if unusable."""
-    key = crypto.load_public_key(pubkey)
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).digest()
+    """sha256(DER SPKI) of a key in any accepted encoding; :class:`crypto.BadKey` if unusable.
+    Memoised on the text: every relayed DM's ``sender_pub`` is checked against its pin."""
+    return crypto.spki_digest(pubkey)
 
 
 @implementer(IUserKeys)
