@@ -54,6 +54,13 @@ class IHeldMessages(Interface):
     def not_handed_over(ref):
         """A held DM sent to a server was not confirmed: keep it for a later try."""
 
+    def refused(ref):
+        """The server a held DM was sent to refused it for good: forget it.  True if it was held."""
+
+    max_age_ms = Attribute(
+        "The oldest held DM (by its ts, in ms) delivered here, and how long delivered refs are kept."
+    )
+
     def claim_delivered(ref):
         """Fire True the first time a held DM with ``ref`` is delivered here, else False."""
 

@@ -19,8 +19,9 @@ from socp_tw import wire
 from socp_tw.interfaces import ILink
 from socp_tw.services.delivery import PendingDelivery, delivery_ref
 
-#: Held DMs older than this are refused by their recipient's server (the holder's retention
-#: is 7 days by default; a day more for clocks and hand-over time).
+#: Held DMs older than this are refused by a recipient's server that holds nothing itself;
+#: one that does uses its own ``--hold-days`` and a day (``IHeldMessages.max_age_ms``, the same
+#: 8 days by default).
 MAX_HELD_AGE_MS = 8 * 86400 * 1000
 
 
@@ -127,15 +128,20 @@ class DeliveryOutcomes:
             if pending is None:
                 self._count("late_errors")
                 return
-            if code == "USER_NOT_FOUND" and (pending.held or pending.fields is not None):
-                if pending.held:
-                    self._holding.not_handed_over(pending.ref)
-                    return
-                if self._can_hold(kind, pending.recipient):
-                    self._hold(
-                        sender, pending.recipient, pending.ts, pending.fields, pending.sender_pub, "offline"
-                    )
-                    return
+            if pending.held and code == "USER_NOT_FOUND":
+                self._holding.not_handed_over(pending.ref)  # gone again: still held
+                return
+            if pending.held:
+                self._holding.refused(pending.ref)  # refused for good: its sender is told below
+            elif (
+                code == "USER_NOT_FOUND"
+                and pending.fields is not None
+                and self._can_hold(kind, pending.recipient)
+            ):
+                self._hold(
+                    sender, pending.recipient, pending.ts, pending.fields, pending.sender_pub, "offline"
+                )
+                return
             ts = pending.ts
         self._tell_sender(sender, recipient, ts, code, f"delivery to {recipient} failed: {detail}", kind)
 

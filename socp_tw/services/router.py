@@ -265,7 +265,8 @@ class Router(DeliveryOutcomes, Service):
         if payload.get("held") is True and kind == "MSG_DIRECT":
             # A held DM keeps its sender's ts, however old: bounded by the retention instead, and
             # delivered once per reference (services/outcomes.py).
-            if self._now_ms() - envelope.ts > MAX_HELD_AGE_MS:
+            max_age = self._holding.max_age_ms if self._holding is not None else MAX_HELD_AGE_MS
+            if self._now_ms() - envelope.ts > max_age:
                 raise wire.BadTimestamp("a held DM older than the retention period", "ts")
         elif self._ts_window_ms is not None:
             check_ts_window(envelope.ts, self._now_ms(), self._ts_window_ms)

@@ -279,6 +279,16 @@ class HeldMessages(Service):
         if self._in_flight.pop(ref, None) is not None:
             self.counters["retry_later"] += 1
 
+    def refused(self, ref: str) -> bool:
+        """The server a held DM was handed to refused it for good (its signature, its age): it can
+        never be delivered, so it is forgotten (the router tells its sender).  True if it was ours."""
+        dm = self._in_flight.pop(ref, None)
+        if dm is None:
+            return False
+        self.counters["refused_by_server"] += 1
+        self._queue.remove([ref]).addCallback(lambda _: self._count_out(dm))
+        return True
+
     def _delivered(self, dm: HeldDM) -> None:
         self._count_out(dm)
         self.counters["delivered"] += 1
@@ -287,6 +297,12 @@ class HeldMessages(Service):
         )
 
     # -- the hosting side ---------------------------------------------------------------------------
+
+    @property
+    def max_age_ms(self) -> int:
+        """The oldest held DM (by its ``ts``) this server delivers to its users, and how long it
+        remembers the ones it delivered: the holding period and a day for clocks and hand-over."""
+        return int((self.hold_for + DAY) * 1000)
 
     def claim_delivered(self, ref: str) -> Deferred:
         """A held DM arrived from another server for a user of ours: fire True the first time
@@ -300,7 +316,7 @@ class HeldMessages(Service):
         hand-overs a missed event left waiting."""
         now = self._now_ms()
         horizon = now - int(self.hold_for * 1000)
-        d = self._queue.expire(horizon, horizon - int(DAY * 1000))
+        d = self._queue.expire(horizon, now - self.max_age_ms)
         d.addCallback(self._expired)
         d.addErrback(lambda f: self._log.failure("Expiring held DMs failed", f))
         self._mesh_changed()

@@ -130,6 +130,35 @@ class HoldingTests(SynchronousTestCase):
         self.assertEqual((self.holding.held_for(BOB), self.queue.rows), (0, []))
         self.assertEqual(self.to_alice("ACK")[-1]["status"], "delivered")
 
+    def handed_over_then(self, code: str) -> dict:
+        self.send()
+        self.presence.user_online_remote(BOB, OTHER, BOB_PUB, {})
+        [(_, frame)] = self.peers.sent_frames()
+        error = {
+            "code": code,
+            "detail": "no",
+            "msg_ref": "SERVER_DELIVER",
+            "user_id": BOB,
+            "sender": ALICE,
+            "ref": delivery_ref(frame["payload"]["content_sig"]),
+        }
+        self.peers.deliver(wire.Envelope("ERROR", OTHER, HERE, TS, error, "s"))
+        return error
+
+    def test_a_hand_over_refused_for_good_is_dropped_and_its_sender_told(self) -> None:
+        self.handed_over_then("BAD_TS")
+        self.assertEqual((self.holding.held_for(BOB), self.queue.rows), (0, []))
+        [error] = self.to_alice("ERROR")
+        self.assertEqual((error["code"], error["user_id"], error["msg_ref"]), ("BAD_TS", BOB, "MSG_DIRECT"))
+        self.assertEqual(self.holding.counters["refused_by_server"], 1)
+        self.holding.sweep()  # nothing left to retry, nothing reported again
+        self.assertEqual(len(self.to_alice("ERROR")), 1)
+
+    def test_a_hand_over_to_a_user_who_left_again_stays_held(self) -> None:
+        self.handed_over_then("USER_NOT_FOUND")
+        self.assertEqual(self.holding.held_for(BOB), 1)
+        self.assertEqual(self.to_alice("ERROR"), [])
+
     def test_an_unconfirmed_hand_over_stays_held_and_is_retried(self) -> None:
         self.send()
         self.presence.user_online_remote(BOB, OTHER, BOB_PUB, {})
@@ -207,6 +236,12 @@ class HostingSideTests(SynchronousTestCase):
         self.assertEqual(self.bob.frames(), [])
         [(_, error)] = self.peers.sent_frames()
         self.assertEqual(error["payload"]["code"], "BAD_TS")
+
+    def test_the_retention_follows_this_servers_hold_days(self) -> None:
+        self.holding.hold_for = 1.9 * DAY  # --hold-days 1.9: accepted up to 2.9 days, as refs are kept
+        self.deliver(self.payload)  # sent 3 days ago: just past it
+        self.assertEqual(self.bob.frames(), [])
+        self.assertEqual(self.peers.sent_frames()[0][1]["payload"]["code"], "BAD_TS")
 
     def test_older_than_the_retention_is_refused(self) -> None:
         self.clock.advance(6 * DAY)
