@@ -47,6 +47,13 @@ class OptionsTests(SynchronousTestCase):
         config = parse("--peer", "ws://127.0.0.1:1", "--peer", "ws://localhost:2")
         self.assertEqual(config["peer"], ["ws://127.0.0.1:1", "ws://localhost:2"])
 
+    def test_hold_days(self) -> None:
+        self.assertEqual(parse()["hold-days"], 7.0)
+        self.assertEqual(parse("--hold-days", "0.5")["hold-days"], 0.5)
+        for bad, said in (("x", "a number of days"), ("0", "between"), ("366", "between"), ("-1", "between")):
+            e = self.assertRaises(usage.UsageError, parse, "--hold-days", bad)
+            self.assertIn(f"--hold-days must be {said}", str(e))
+
     def test_bad_peer(self) -> None:
         e = self.assertRaises(usage.UsageError, parse, "--peer", "http://x:1")
         self.assertIn("--peer", str(e))
