@@ -272,7 +272,16 @@ class HeldMessages(Service):
         alive): it is delivered; forget it."""
         dm = self._in_flight.pop(ref, None)
         if dm is not None:
-            self._queue.remove([ref]).addCallback(lambda _: self._delivered(dm))
+            self._queue.remove([ref]).addCallback(lambda _: self._confirmed(dm))
+
+    def _confirmed(self, dm: HeldDM) -> None:
+        self._delivered(dm)
+        # A batch confirmed in full: hand over the next one now rather than at the next sweep.
+        recipient = dm.recipient.lower()
+        if self.held_for(recipient) and not any(
+            d.recipient.lower() == recipient for d in self._in_flight.values()
+        ):
+            self._release(dm.recipient)
 
     def not_handed_over(self, ref: str) -> None:
         """A held DM sent to a server was not confirmed: it stays held, tried again later."""

@@ -159,6 +159,24 @@ class HoldingTests(SynchronousTestCase):
         self.assertEqual(self.holding.held_for(BOB), 1)
         self.assertEqual(self.to_alice("ERROR"), [])
 
+    def test_batches_to_a_server_follow_each_other_as_they_are_confirmed(self) -> None:
+        from socp_tw.services.holding import service as holding_module
+
+        self.patch(holding_module, "BATCH", 2)
+        for n in range(5):
+            self.send(n=n)
+        self.presence.user_online_remote(BOB, OTHER, BOB_PUB, {})
+        sizes = []
+        while self.peers.sent:
+            batch = [f for _, f in self.peers.sent_frames()]
+            sizes.append(len(batch))
+            self.peers.sent.clear()
+            refs = [delivery_ref(f["payload"]["content_sig"]) for f in batch]
+            ack = {"msg_ref": "SERVER_DELIVER", "delivered": refs}
+            self.peers.deliver(wire.Envelope("ACK", OTHER, HERE, TS, ack, "s"))
+        self.assertEqual(sizes, [2, 2, 1])  # no wait for the sweep between batches
+        self.assertEqual(self.holding.held_for(BOB), 0)
+
     def test_an_unconfirmed_hand_over_stays_held_and_is_retried(self) -> None:
         self.send()
         self.presence.user_online_remote(BOB, OTHER, BOB_PUB, {})
