@@ -67,6 +67,7 @@ class ICommands(Protocol):
     def set_petname(self, user_id: str, name: str | None) -> Any: ...
     def trust(self, user_id: str) -> Any: ...
     def quit(self) -> Any: ...
+    def refresh_directory(self) -> Any: ...
 
 
 class CommandLine:
@@ -116,6 +117,27 @@ class CommandLine:
     def _usage(self, name: str) -> None:
         self.show(USAGE[name])
 
+    def _with_user(self, token: str, command: str, action: Callable[[str], Any]) -> Any:
+        """``action(user_id)`` for the user ``token`` stands for.  When it names nobody we know of,
+        ask the server who is online (our client hears only of the users it follows) and try once
+        more before saying so."""
+        if wire.is_uuid(token) or not token or self.names is None:
+            user_id = self._user(token, command)
+            return None if user_id is None else maybeDeferred(action, user_id)
+        try:
+            return maybeDeferred(action, self.names.resolve(token))
+        except Unresolved as e:
+            refresh = getattr(self.commands, "refresh_directory", None)
+            if not e.unknown or refresh is None:
+                self.show(f"[ERROR] {e}")
+                return None
+
+        def retry(_: object) -> Any:
+            user_id = self._user(token, command)
+            return None if user_id is None else action(user_id)
+
+        return maybeDeferred(refresh).addCallback(retry)
+
     def _user(self, token: str, command: str) -> str | None:
         """The user id ``token`` stands for, or None (the usage line or the reason printed)."""
         if wire.is_uuid(token):
@@ -158,8 +180,7 @@ class CommandLine:
         token, _, text = args.partition(" ")
         if not token or not text.strip():
             return self._usage("tell")
-        user_id = self._user(token, "tell")
-        return None if user_id is None else maybeDeferred(self.commands.tell, user_id, text)
+        return self._with_user(token, "tell", lambda user_id: self.commands.tell(user_id, text))
 
     def do_all(self, args: str) -> Any:
         if not args.strip():
@@ -175,8 +196,7 @@ class CommandLine:
         token, _, path = args.partition(" ")
         if not token or not path.strip():
             return self._usage("file")
-        user_id = self._user(token, "file")
-        return None if user_id is None else maybeDeferred(self.commands.send_file, user_id, path.strip())
+        return self._with_user(token, "file", lambda user_id: self.commands.send_file(user_id, path.strip()))
 
     def do_nick(self, args: str) -> Any:
         if not args:
@@ -192,10 +212,8 @@ class CommandLine:
             return self._usage("name")
         if len(parts) == 2 and (problem := name_problem(parts[1])) is not None:
             return self.show(f"[ERROR] {problem}")
-        user_id = self._user(parts[0], "name")
-        if user_id is None:
-            return None
-        return maybeDeferred(self.commands.set_petname, user_id, parts[1] if len(parts) == 2 else None)
+        petname = parts[1] if len(parts) == 2 else None
+        return self._with_user(parts[0], "name", lambda user_id: self.commands.set_petname(user_id, petname))
 
     def do_trust(self, args: str) -> Any:
         parts = args.split()

@@ -22,7 +22,12 @@ _ID_CHARS = set("0123456789abcdef-")
 
 
 class Unresolved(Exception):
-    """A user reference that names nobody, or more than one user; ``str`` says which."""
+    """A user reference that names nobody, or more than one user; ``str`` says which.
+    ``unknown`` is True when it names nobody this client knows of (asking the server may help)."""
+
+    def __init__(self, text: str, unknown: bool = False) -> None:
+        super().__init__(text)
+        self.unknown = unknown
 
 
 def short_id(user_id: str) -> str:
@@ -122,7 +127,7 @@ class Names:
                     by_claim,
                 )
             )
-        raise Unresolved(f"no known user matches {shown} (/list shows who is online)")
+        raise Unresolved(f"no known user matches {shown} (/list shows who is online)", unknown=True)
 
     def _ambiguous(self, headline: str, candidates: list[str]) -> str:
         lines = [headline + ":"] + [f"  {one_line(self.tag(u), 100)}" for u in candidates[:20]]

@@ -104,3 +104,17 @@ def poll_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT
         if reactor.seconds() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         yield deferLater(reactor, POLL_INTERVAL, lambda: None)
+
+
+@inlineCallbacks
+def until_listed(session: Any, user_id: str, timeout: float = TIMEOUT):
+    """Wait until ``session``'s server lists ``user_id`` as online, asking it (LIST_REQUEST, as
+    ``/list`` does) every 50 ms: our client hears of other users only when it follows them."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        online = yield session.refresh_directory()
+        if online and user_id in online:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{user_id} never listed by {session.server_url}")
+        yield deferLater(reactor, 0.05, lambda: None)

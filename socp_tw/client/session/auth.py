@@ -244,9 +244,9 @@ class Authentication(SessionCore):
                     server_id = answer.from_
         pub = crypto.encode_public_key(key)
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": pub, "enc_pubkey": pub}
-        # Presence in batches (one USER_LIST per 0.2 s) rather than a frame per login anywhere:
-        # our server's extension (docs/MESH.md); other servers ignore the field.
-        payload["presence"] = "lists"
+        # Presence only of the users we follow, the channel once we use it, rather than a frame
+        # per login anywhere: our server's extension (docs/MESH.md); other servers ignore it.
+        payload["presence"] = "follow"
         if nonce is not None:
             preimage = hello_proof_preimage(nonce, user_id, server_id or "")
             payload["nonce"] = nonce
@@ -262,6 +262,7 @@ class Authentication(SessionCore):
         self.logged_in = True
         self._want_online = True
         self._relogin_failures = 0
+        self._follow(self.names.talked | set(self.pins.petnames()))
         self._changed()
 
     def _accept_server_key(self, ack: wire.Envelope) -> None:

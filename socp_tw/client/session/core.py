@@ -34,6 +34,11 @@ REASSEMBLY_TIMEOUT = 60.0
 MAX_PUBLIC_SEEN = 4096  # public-channel frames remembered to show each message once
 
 
+#: Requests of our follow mode; an ERROR for one is not shown (the server then pushes presence
+#: and the channel to everyone, which is what they ask for).
+QUIET_REQUESTS = ("PRESENCE_FOLLOW", "PUBLIC_CHANNEL_SUBSCRIBE")
+
+
 class ServerError(Exception):
     """The server answered a request with ``ERROR {code, detail}``."""
 
@@ -131,6 +136,10 @@ class SessionCore:
         self.public_version: int | None = None
         self.public_members: dict[str, str] = {}  # member id -> key
         self.public_key_share: dict[str, Any] | None = None  # {version, creator, wrapped}
+        # Our server tells us only of the users we follow and of the channel once we subscribe
+        # (USER_HELLO presence: "follow", docs/MESH.md); what we asked for on this link.
+        self._following: set[str] = set()
+        self._public_subscribed = False
         self._public_seen: deque[tuple[str, str]] = deque(maxlen=MAX_PUBLIC_SEEN)
         self.sent_dms = SentDMs(clock)
         self.counters: dict[str, int] = {}
@@ -311,6 +320,10 @@ class SessionCore:
             return
         is_file_error = isinstance(ref, str) and ref.startswith("FILE_")
         if is_file_error and self.files.error_received(code, detail, payload):
+            return
+        if ref in QUIET_REQUESTS:  # a server without our follow mode: it sends everything anyway
+            self._count("refused." + ref)
+            _log.debug("The server refused {ref}: {code}", ref=ref, code=code)
             return
         recipient = payload.get("user_id")
         if ref == "MSG_DIRECT" and isinstance(recipient, str) and recipient:

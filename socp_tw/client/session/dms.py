@@ -135,6 +135,7 @@ class DirectMessages(SessionCore):
         self._count("dm_sent")
         suffix = f" ({len(plaintexts)} parts)" if len(plaintexts) > 1 else ""
         self.names.talked.add(user_id)
+        self._follow([user_id])
         self.show(f"DM to {printable(self.names.tag(user_id))}{suffix}: {printable(text)}")
 
     def _dm_status(self, payload: dict) -> None:

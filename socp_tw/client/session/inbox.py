@@ -150,6 +150,7 @@ class Inbox(SessionCore):
         else:
             self._count("dm_received")
             self.names.talked.add(sender)
+            self._follow([sender])
             sent = ""
             if held and ts is not None:
                 sent = time.strftime("[sent %Y-%m-%d %H:%M] ", time.localtime(ts / 1000))

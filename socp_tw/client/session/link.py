@@ -43,6 +43,8 @@ class LinkEvents(SessionCore):
         self.presence.clear()
         self.public_version = None  # a fresh snapshot comes after the next hello
         self.public_members.clear()
+        self._following.clear()  # follows and the subscription are per link
+        self._public_subscribed = False
         self._fail_waiters(NotConnected(f"the connection to {self.server_url} was lost ({reason})"))
         self.files.connection_lost(reason)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from twisted.internet.defer import Deferred, DeferredList
 
 from socp_tw import crypto, wire
@@ -14,6 +16,7 @@ from socp_tw.logs import get_logger
 _log = get_logger("socp_tw.client.session")
 
 MAX_LIST_LOOKUPS = 100
+MAX_FOLLOWS = 1000  # as many users as our server lets one link follow (services/users/follows.py)
 
 
 class Peers(SessionCore):
@@ -44,6 +47,42 @@ class Peers(SessionCore):
         if isinstance(pubkey, str):
             self._saw_key(user_id, pubkey)
         self._announce(user_id, online=True)
+
+    def _follow(self, user_ids: Iterable[str]) -> None:
+        """``PRESENCE_FOLLOW`` for the users not followed yet on this link: our server then tells
+        us when they come and go (and answers with where they are now)."""
+        if not self.logged_in:
+            return
+        fresh = sorted({u for u in user_ids if wire.is_uuid(u) and u != self.user_id} - self._following)
+        fresh = fresh[: max(0, MAX_FOLLOWS - len(self._following))]
+        if fresh:
+            self._following.update(fresh)
+            self._send("PRESENCE_FOLLOW", self.server_id or "*", {"user_ids": fresh})
+
+    def refresh_directory(self) -> Deferred:
+        """Ask the server who is online (LIST_REQUEST), quietly: their ids (and names, where it
+        says them) become candidates for prefixes and Tab."""
+        return Deferred.fromCoroutine(self._directory()).addErrback(lambda _: None)
+
+    async def _directory(self) -> list[str] | None:
+        """The ids of a LIST_RESPONSE (names learnt too), or None if the server gave none."""
+        if not self.logged_in:
+            return None
+        response = self._expect("LIST_RESPONSE", "LIST_REQUEST")
+        self._send("LIST_REQUEST", self.server_id or "*", {})
+        envelope = await response
+        users = envelope.payload.get("online_users", envelope.payload.get("users"))
+        if not isinstance(users, list):
+            raise RequestFailed("the server's LIST_RESPONSE has no user list")
+        online = [u.lower() for u in users[:100000] if wire.is_uuid(u)]
+        for user_id in online:
+            self.names.see(user_id)
+        names = envelope.payload.get("names")
+        if isinstance(names, dict):
+            for user_id, name in list(names.items())[:100000]:
+                if wire.is_uuid(user_id) and user_id.lower() in self.names.known:
+                    self.names.claim(user_id.lower(), {"name": name})
+        return online
 
     def _follows(self, user_id: str) -> bool:
         """Whether presence lines are printed for ``user_id``: you DMed each other or named them."""
@@ -125,14 +164,8 @@ class Peers(SessionCore):
     async def _list(self) -> None:
         if not await self._require_online():
             return
-        response = self._expect("LIST_RESPONSE", "LIST_REQUEST")
-        self._send("LIST_REQUEST", self.server_id or "*", {})
         try:
-            envelope = await response
-            users = envelope.payload.get("online_users", envelope.payload.get("users"))
-            if not isinstance(users, list):
-                raise RequestFailed("the server's LIST_RESPONSE has no user list")
-            online = {u.lower() for u in users[:100000] if wire.is_uuid(u)}
+            online = set(await self._directory() or ())
         except ServerError as e:
             if e.code != "UNKNOWN_TYPE":
                 self.show(f"[ERROR] {printable(str(e))}")
@@ -142,8 +175,6 @@ class Peers(SessionCore):
             self.show(f"[ERROR] /list failed: {printable(str(e))}")
             return
         online.add(self.user_id)
-        for user_id in online:
-            self.names.see(user_id)
         unknown = [u for u in sorted(online) if u != self.user_id and self._known_key(u) is None]
         if unknown and self.logged_in:
             lookups = [Deferred.fromCoroutine(self._fetch_key(u)) for u in unknown[:MAX_LIST_LOOKUPS]]
@@ -200,6 +231,8 @@ class Peers(SessionCore):
     def set_petname(self, user_id: str, name: str | None) -> None:
         """``/name <uuid> [<petname>]``: your own name for a user (pins file), or forget it."""
         self.names.set_petname(user_id, name)
+        if name is not None:
+            self._follow([user_id])
         if name is None:
             self.show(f"Forgot your name for {user_id}.")
         else:

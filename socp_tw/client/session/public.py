@@ -46,10 +46,8 @@ class PublicChannel(SessionCore):
         plaintexts = await parts_to_send(self, text)
         if plaintexts is None:
             return
-        # Right after the login the membership snapshot may still be on its way.
-        await self._wait_until(
-            lambda: self.public_version is not None or not self.logged_in, self._pubkey_timeout
-        )
+        # Right after the login (or subscribing) the membership snapshot may still be on its way.
+        await self._membership()
         if self.public_version is None:
             self.show("[ERROR] message not sent: the server has not told us the public channel's members")
             return
@@ -98,8 +96,27 @@ class PublicChannel(SessionCore):
         suffix = f", {len(plaintexts)} parts each" if len(plaintexts) > 1 else ""
         self.show(f"[public] sent to {len(recipients)} members{suffix}: {printable(text)}")
 
-    def members(self) -> None:
+    def _subscribe_public(self) -> None:
+        """``PUBLIC_CHANNEL_SUBSCRIBE``, once per link, if the membership has not come by itself:
+        our server sends the channel to a client in follow mode only once it asks."""
+        if self.public_version is None and not self._public_subscribed and self.logged_in:
+            self._public_subscribed = True
+            self._send("PUBLIC_CHANNEL_SUBSCRIBE", self.server_id or "*", {})
+
+    async def _membership(self) -> None:
+        """Ask for the membership if need be, and wait (bounded) until it is known."""
+        self._subscribe_public()
+        await self._wait_until(
+            lambda: self.public_version is not None or not self.logged_in, self._pubkey_timeout
+        )
+
+    def members(self) -> Deferred:
         """``/members``: the public channel's members as the server last told us, with fingerprints."""
+        return Deferred.fromCoroutine(self._members()).addErrback(self._internal_error)
+
+    async def _members(self) -> None:
+        if self.public_version is None and self.logged_in:
+            await self._membership()
         if self.public_version is None:
             self.show("[public] the membership is not known yet (it arrives after the login)")
             return

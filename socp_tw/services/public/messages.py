@@ -32,6 +32,13 @@ class Messages:
     def __init__(self, channel: PublicChannel) -> None:
         self._channel = channel
         channel.users.register_user_frame("MSG_PUBLIC_CHANNEL", self.user_message)
+        channel.users.register_user_frame("PUBLIC_CHANNEL_SUBSCRIBE", self.subscribe)
+
+    def subscribe(self, link: ILink, sender: str, envelope: wire.Envelope) -> None:
+        """``PUBLIC_CHANNEL_SUBSCRIBE {}`` from a client in follow mode (docs/PUBLIC-CHANNEL.md §7):
+        the snapshot, its key share and from then on every update."""
+        self._channel.pushes.subscribe(sender, link)
+        self._channel.counters["subscribed"] += 1
 
     def user_message(self, link: ILink, sender: str, envelope: wire.Envelope) -> Deferred | None:
         """One member's copy of a public message: check it and route it like a DM."""

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["Pushes"]
 
 
+def wants_pushes(link: ILink) -> bool:
+    """False for a link in follow mode that has not subscribed to the channel (yet)."""
+    return getattr(link, "public_pushes", True)
+
+
 class Pushes:
     """The frames that go to this server's users (one per :class:`PublicChannel`)."""
 
@@ -58,11 +63,23 @@ class Pushes:
     # ------------------------------------------------------------ who is told
 
     def user_arrived(self, user_id: str, link: ILink) -> None:
-        """``user_id`` completed its hello on ``link``: its snapshot comes first, then the rest."""
+        """``user_id`` completed its hello on ``link``: its snapshot comes first, then the rest.
+
+        Not for a link whose client asked to be told only once it subscribes (follow mode,
+        services/users/follows.py): :meth:`subscribe` sends it the same then.
+        """
+        if not wants_pushes(link):
+            return
         self._awaiting_snapshot[user_id] = link
         # After the USER_HELLO's ACK, which the user side sends once observers returned.
         channel = self._channel
         channel.clock.callLater(0, channel.when_ready, lambda: self._send_snapshot(user_id, link))
+
+    def subscribe(self, user_id: str, link: ILink) -> None:
+        """``PUBLIC_CHANNEL_SUBSCRIBE`` from ``user_id`` on ``link``: from now on it gets the pushes
+        and key shares, starting with a snapshot (again, if it was subscribed already)."""
+        link.public_pushes = True
+        self.user_arrived(user_id, link)
 
     def user_left(self, user_id: str, link: ILink) -> None:
         if self._awaiting_snapshot.get(user_id) is link:
@@ -76,8 +93,12 @@ class Pushes:
         return [
             e.link
             for e in self._channel.presence.local_entries()
-            if self._awaiting_snapshot.get(e.user_id) is not e.link
+            if self._awaiting_snapshot.get(e.user_id) is not e.link and wants_pushes(e.link)
         ]
+
+    def gets_shares(self, user_id: str, link: ILink) -> bool:
+        """Whether ``user_id``'s key share goes to ``link`` now (subscribed, snapshot sent)."""
+        return wants_pushes(link) and self._awaiting_snapshot.get(user_id) is not link
 
     def _fan_out(self, frame_type: str, payload: dict[str, Any], links: list[ILink]) -> None:
         """Sign one frame (to ``"*"``) and send the same bytes on every link of ``links``."""

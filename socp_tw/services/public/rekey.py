@@ -210,7 +210,7 @@ class Rekeying:
         local = {}
         for member in key.member_ids():
             link = channel.presence.local_link(member)
-            if link is not None and not channel.pushes.awaiting_snapshot(member, link):
+            if link is not None and channel.pushes.gets_shares(member, link):
                 local[member] = link
         channel.pushes.send_shares(key, local)
 

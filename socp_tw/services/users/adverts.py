@@ -49,13 +49,19 @@ class _Adverts:
     batched for the links in ``_list_links``."""
 
     def _event_links(self, about: str) -> list:
-        """Every local user's link but ``about``'s and those that get batched lists."""
-        lists = self._list_links
+        """Every local user's link but ``about``'s, those that get batched lists and those in
+        follow mode, plus the follow-mode links that follow ``about`` (follows.py)."""
+        lists, quiet = self._list_links, self._quiet_links
         return [
             e.link
             for e in self._presence.local_entries()
-            if e.user_id != about and e.link.link_id not in lists
-        ]
+            if e.user_id != about and e.link.link_id not in lists and e.link.link_id not in quiet
+        ] + self._follower_links(about)
+
+    @staticmethod
+    def _advert_for(link: Any, entry: Any) -> dict[str, Any]:
+        """``entry``'s advert payload, its key in the encoding ``link`` reads."""
+        return _advert_payload(entry, reads_pem(link))
 
     def user_online(self, entry: Any) -> None:
         links = self._event_links(entry.user_id)

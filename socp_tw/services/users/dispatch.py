@@ -60,6 +60,8 @@ class _Dispatching:
             return
         state.closed = True
         state.backlog = ()
+        self._forget_follows(link.link_id, state.follows)
+        state.follows = ()
         state.nonce = state.login = None
         if state.user_id is not None and self._presence.user_offline_local(state.user_id, link):
             self._log.info("User {user} offline ({reason})", user=state.user_id, reason=reason)

@@ -83,7 +83,16 @@ class _AuthenticatedFrames:
 
     def _list_request(self, link: ILink, user_id: str, envelope: wire.Envelope) -> None:
         users = self._presence.online_users()
-        self._send(link, "LIST_RESPONSE", user_id, {"online_users": users, "users": list(users)})
+        payload: dict[str, Any] = {"online_users": users, "users": list(users)}
+        names = {}
+        for other in users:  # the /nick of each who has one (PROTOCOL-EXTENSIONS §13)
+            entry = self._presence.lookup(other)
+            name = entry.meta.get("name") if entry is not None else None
+            if isinstance(name, str):
+                names[other] = name
+        if names:
+            payload["names"] = names
+        self._send(link, "LIST_RESPONSE", user_id, payload)
 
     def _offline_pubkey(self, row: dict | None, link: ILink, user_id: str, wanted: str) -> None:
         if row is None:  # pinned in memory a moment ago, not written yet

@@ -14,6 +14,7 @@ from socp_tw.interfaces import ILink, NameInUse
 from socp_tw.interfaces.users import DIFFERS
 from socp_tw.services.keymirror import key_for
 from socp_tw.services.users.adverts import PRESENCE_LISTS
+from socp_tw.services.users.follows import PRESENCE_FOLLOW
 from socp_tw.services.users.names import stored_name
 from socp_tw.services.users.state import (
     MAX_CLIENT_NAME,
@@ -48,7 +49,9 @@ class _Hello:
         enc_text = _optional_str(payload, "enc_pubkey", MAX_KEY_TEXT)
         nonce = _optional_str(payload, "nonce", 256)
         proof = _optional_str(payload, "proof", 2048)
-        state.presence_lists = _optional_str(payload, "presence", 32) == PRESENCE_LISTS
+        presence_mode = _optional_str(payload, "presence", 32)
+        state.presence_lists = presence_mode == PRESENCE_LISTS
+        state.presence_follow = presence_mode == PRESENCE_FOLLOW
         key = crypto.load_public_key(pubkey_text)
         state.pem_keys = crypto.is_pem_b64u(pubkey_text)
         meta: dict[str, Any] = {}
@@ -189,6 +192,8 @@ class _Hello:
         if state.closed:
             return
         link = state.link
+        # Read by the public channel, which observes the user coming online below.
+        link.public_pushes = not state.presence_follow
         try:
             self._presence.user_online_local(claim.user_id, claim.pubkey, claim.meta, link)
         except NameInUse:
@@ -207,6 +212,8 @@ class _Hello:
         link.identity = claim.user_id
         if state.presence_lists:
             self._list_links.add(link.link_id)
+        if state.presence_follow:
+            self._quiet_links.add(link.link_id)
         link.pem_keys = state.pem_keys  # keys sent to it mirror its own (services/keymirror.py)
         self._hub.bind(link, self)
         self.counters["hello_ok"] += 1
@@ -228,4 +235,5 @@ class _Hello:
                 **({"name": claim.meta["name"]} if "name" in claim.meta else {}),
             },
         )
-        self._replay_adverts(link, claim.user_id)
+        if not state.presence_follow:
+            self._replay_adverts(link, claim.user_id)

@@ -31,6 +31,7 @@ from socp_tw.limits import DEFAULT_LIMITS, BoundedTTLCache, Limits
 from socp_tw.logs import Aggregated, get_logger
 from socp_tw.services.users.adverts import _Adverts
 from socp_tw.services.users.dispatch import _Dispatching
+from socp_tw.services.users.follows import _Follows
 from socp_tw.services.users.frames import _AuthenticatedFrames
 from socp_tw.services.users.hello import _Hello
 from socp_tw.services.users.login import _Login
@@ -47,7 +48,9 @@ from socp_tw.services.users.state import (
 
 
 @implementer(ILinkHandler, IPresenceObserver, IUserFrames)
-class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames, _Adverts, _Names, Service):
+class UserSide(
+    _Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames, _Adverts, _Follows, _Names, Service
+):
     """Authenticate users and serve their links."""
 
     name = "users"
@@ -94,6 +97,10 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         self._list_links: set[str] = set()
         self._presence_batch: dict[str, tuple[bool, dict]] = {}
         self._presence_call = None
+        #: Links in follow mode (USER_HELLO ``presence: "follow"``) and, per followed user id,
+        #: the ids of the links that follow it (``follows.py``).
+        self._quiet_links: set[str] = set()
+        self._followers: dict[str, set[str]] = {}
         self._adverts_pem: dict[str, bytes | Deferred] = {}  # the same, keys as PEM (keymirror)
         self._auth_handlers: dict[str, Callable[[_UserLink, wire.Envelope], Deferred | None]] = {
             "USER_REGISTER": self._register,
@@ -107,6 +114,7 @@ class UserSide(_Dispatching, _Registration, _Login, _Hello, _AuthenticatedFrames
         self.register_user_frame("LIST_REQUEST", self._list_request)
         self.register_user_frame("PUBKEY_REQUEST", self._pubkey_request)
         self.register_user_frame("USER_SET_META", self._set_meta)
+        self.register_user_frame("PRESENCE_FOLLOW", self._follow)
         self._hub.claim(AUTH_FRAMES, self)
         self._presence.add_observer(self)
 

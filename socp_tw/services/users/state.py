@@ -102,6 +102,8 @@ class _UserLink:
     closed: bool = False
     sign_ahead: bool = True  # DMs signed while their content_sig is checked (until one fails)
     presence_lists: bool = False  # its hello asked for batched USER_LIST presence (adverts.py)
+    presence_follow: bool = False  # its hello asked for presence of followed users only (follows.py)
+    follows: set | tuple = ()  # the users it follows (a set once it follows anyone)
     pem_keys: bool = False  # its hello key was b64u(PEM): keys sent to it are too (keymirror)
 
 

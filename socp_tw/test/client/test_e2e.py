@@ -20,7 +20,7 @@ from socp_tw.client.console import Console
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, RunningServer
 from socp_tw.test.ui import PASSWORD, RecordingUI, WatchedTransport
-from socp_tw.test.waiting import poll_until, wait_until
+from socp_tw.test.waiting import poll_until, until_listed, wait_until
 
 
 class ClientE2EBase(TestCase):
@@ -247,9 +247,9 @@ class TwoServerTests(ClientE2EBase):
         server_b = MeshServer(self, 4, extra_args=["--peer", server_a.url])
         alice, alice_ui, alice_id = yield self.registered_client(server_a.url, 1)
         bob, bob_ui, bob_id = yield self.registered_client(server_b.url, 2)
-        # Presence crosses the mesh: each sees the other through the relayed USER_ADVERTISE.
-        yield poll_until(lambda: bob_id in alice.session.presence, "bob's advertise at alice")
-        yield poll_until(lambda: alice_id in bob.session.presence, "alice's advertise at bob")
+        # Presence crosses the mesh: each server lists the other's user.
+        yield until_listed(alice.session, bob_id)
+        yield until_listed(bob.session, alice_id)
 
         mark = len(alice_ui.lines)
         yield alice.session.list_users()
@@ -261,9 +261,17 @@ class TwoServerTests(ClientE2EBase):
         }
         self.assertEqual(listing[1:3], [expected[u] for u in sorted(expected)])
 
+        self.assertNotIn(bob_id, alice.session.presence)  # follow mode: no advert of bob yet
         yield alice.session.tell(bob_id, "hello bob, from server A")
         yield wait_until(
             lambda: bob_ui.find(rf"^DM from {alice_id}: hello bob, from server A$"), what="DM A→B"
+        )
+        # Each now follows the other: the answer to the follow says where they are.
+        yield wait_until(
+            lambda: alice.session.presence.get(bob_id) == server_b.server_id, what="bob followed"
+        )
+        yield wait_until(
+            lambda: bob.session.presence.get(alice_id) == server_a.server_id, what="alice followed"
         )
         yield bob.session.tell(alice_id, "hi alice ✓, from server B")
         yield wait_until(
@@ -282,6 +290,9 @@ class TwoServerTests(ClientE2EBase):
         # Keys were pinned on first contact, on both sides.
         self.assertEqual(alice.pins.user_key(bob_id), crypto.encode_public_key(test_key(2)))
         self.assertEqual(bob.pins.user_key(alice_id), crypto.encode_public_key(test_key(1)))
+        # Followed: bob's leaving reaches alice across the mesh as a presence line.
+        yield bob.quit()
+        yield wait_until(lambda: alice_ui.find(rf"^\* {bob_id} is offline$"), what="bob offline at alice")
 
     @inlineCallbacks
     def test_nick_crosses_the_mesh(self):
@@ -290,6 +301,8 @@ class TwoServerTests(ClientE2EBase):
         server_b = MeshServer(self, 4, extra_args=["--peer", server_a.url])
         alice, alice_ui, alice_id = yield self.registered_client(server_a.url, 1)
         bob, bob_ui, bob_id = yield self.registered_client(server_b.url, 2)
+        yield until_listed(bob.session, alice_id)
+        yield bob.session.tell(alice_id, "hello")  # bob now follows alice: her adverts reach him
         yield wait_until(lambda: alice_id in bob.session.presence, what="alice's advertise at bob")
         yield alice.session.nick("alice")
         self.assertEqual(alice_ui.lines[-1], f"Others now see you as {alice_id} (alice).")

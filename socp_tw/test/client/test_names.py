@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -177,6 +178,26 @@ class UserArgumentTests(SynchronousTestCase):
         out = self.run_line("/tell nobody hi")
         self.assertEqual(out, "[ERROR] no known user matches nobody (/list shows who is online)\n")
         self.assertNotIn("\x1b", out)
+
+    def test_an_unknown_reference_asks_the_server_once(self) -> None:
+        """Our client hears only of the users it follows: an unknown reference asks the server
+        who is online (refresh_directory) and resolves against that before giving up."""
+        carol = "3c4d5e6f-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+        refreshes = []
+
+        def refresh():
+            refreshes.append(1)
+            self.names.see(carol)
+            return succeed([carol])
+
+        self.session.refresh_directory = refresh
+        self.run_line("/tell 3c4d hi")
+        self.assertEqual(self.session.calls, [("tell", carol, "hi")])
+        out = self.run_line("/tell nobody hi")
+        self.assertEqual(out, "[ERROR] no known user matches nobody (/list shows who is online)\n")
+        self.assertEqual(len(refreshes), 2)
+        self.run_line("/tell 577e hi")  # ambiguous: asking the server would not help
+        self.assertEqual(len(refreshes), 2)
 
     def test_a_refused_login_drops_the_scripts_password_line(self) -> None:
         self.console.scripted = True

@@ -211,6 +211,15 @@ class FakeServer:
                 }
                 self.push(other, "USER_ADVERTISE", advertise)
 
+    def on_PRESENCE_FOLLOW(self, link: FakeLink, env: wire.Envelope) -> None:
+        # Like a server without our follow mode: it relays all presence anyway.
+        self.error(link, "UNKNOWN_TYPE", "unknown frame type PRESENCE_FOLLOW", "PRESENCE_FOLLOW")
+
+    def on_PUBLIC_CHANNEL_SUBSCRIBE(self, link: FakeLink, env: wire.Envelope) -> None:
+        self.error(
+            link, "UNKNOWN_TYPE", "unknown frame type PUBLIC_CHANNEL_SUBSCRIBE", "PUBLIC_CHANNEL_SUBSCRIBE"
+        )
+
     def on_LIST_REQUEST(self, link: FakeLink, env: wire.Envelope) -> None:
         users = sorted(self.online)
         self.push(link, "LIST_RESPONSE", {"online_users": users, "users": users})

@@ -70,7 +70,7 @@ class BatchedPresenceTests(SessionTestBase):
         self.assertNotIn(bob, alice.presence)
         self.assertTrue(ui.matching(r"^\* .*bob.* is offline$"))
 
-    def test_the_hello_says_presence_lists(self) -> None:
+    def test_the_hello_says_presence_follow(self) -> None:
         seen = []
         original = self.server.on_USER_HELLO if hasattr(self.server, "on_USER_HELLO") else None
         self.assertIsNotNone(original)
@@ -81,4 +81,88 @@ class BatchedPresenceTests(SessionTestBase):
 
         self.server.on_USER_HELLO = hello
         self.online_user(1)
-        self.assertEqual(seen, ["lists"])
+        self.assertEqual(seen, ["follow"])
+
+
+class FollowModeTests(SessionTestBase):
+    """In follow mode (our server) the client follows the users it talks to or names, asks the
+    server who is online when a reference names nobody it knows, and subscribes to the channel
+    when it needs the membership; against a server without the mode it says nothing about it."""
+
+    def follows_sent(self, by: str) -> list[list[str]]:
+        return [
+            e.payload["user_ids"]
+            for e in self.server.received
+            if e.type == "PRESENCE_FOLLOW" and e.from_ == by
+        ]
+
+    def test_dm_partners_and_named_users_are_followed_once(self) -> None:
+        alice, ui, _, alice_id = self.online_user(1)
+        _, _, _, bob_id = self.online_user(2)
+        _, _, _, carol_id = self.online_user(3)
+        self.assertEqual(self.follows_sent(alice_id), [])  # nobody to follow yet
+        self.successResultOf(alice.tell(bob_id, "hi"))
+        self.successResultOf(alice.tell(bob_id, "again"))
+        alice.set_petname(carol_id, "carol")
+        self.assertEqual(self.follows_sent(alice_id), [[bob_id], [carol_id]])
+        self.assertFalse(ui.matching(r"UNKNOWN_TYPE"))  # this server lacks the mode: not shown
+        self.assertEqual(alice.counters["refused.PRESENCE_FOLLOW"], 2)
+
+    def test_a_login_follows_the_session_s_partners_again(self) -> None:
+        alice, _, link, alice_id = self.online_user(1)
+        _, _, _, bob_id = self.online_user(2)
+        self.successResultOf(alice.tell(bob_id, "hi"))
+        self.server.received.clear()
+        alice.connection_lost("test")
+        self.server.disconnect(link)
+        self.server.connect(alice)
+        self.clock.advance(0)
+        self.assertTrue(alice.logged_in)
+        self.assertEqual(self.follows_sent(alice_id), [[bob_id]])
+
+    def test_the_directory_comes_from_the_server(self) -> None:
+        alice, _ui, _, _ = self.online_user(1)
+        _, _, _, bob_id = self.online_user(2)
+        alice.names.known.discard(bob_id)  # as if no advert had come (follow mode)
+        alice.presence.clear()
+        self.assertNotIn(bob_id, alice.names.ids())
+        refreshed = self.successResultOf(alice.refresh_directory())
+        self.assertIn(bob_id, refreshed)
+        self.assertIn(bob_id, alice.names.ids())
+
+    def test_the_list_response_names_are_learnt(self) -> None:
+        alice, _, _, _ = self.online_user(1)
+        _, _, _, bob_id = self.online_user(2)
+        original = self.server.on_LIST_REQUEST
+
+        def with_names(link, env):
+            users = sorted(self.server.online)
+            self.server.push(
+                link, "LIST_RESPONSE", {"online_users": users, "users": users, "names": {bob_id: "bob"}}
+            )
+
+        self.server.on_LIST_REQUEST = with_names
+        self.successResultOf(alice.list_users())
+        self.assertEqual(alice.names.label(bob_id), "bob")
+        self.server.on_LIST_REQUEST = original
+
+    def test_members_subscribes_when_the_membership_did_not_come(self) -> None:
+        alice, ui, link, alice_id = self.online_user(1)
+        self.assertIsNone(alice.public_version)
+        d = alice.members()
+        subscribes = [e for e in self.server.received if e.type == "PUBLIC_CHANNEL_SUBSCRIBE"]
+        self.assertEqual(len(subscribes), 1)
+        self.server.push(
+            link,
+            "PUBLIC_CHANNEL_UPDATED",
+            {
+                "version": 3,
+                "wraps": [],
+                "members": [{"user_id": alice_id, "pubkey": alice._pub}],
+                "reset": True,
+            },
+        )
+        self.successResultOf(d)
+        self.assertTrue(ui.matching(r"^Public channel, version 3 \(1 members\):"))
+        self.successResultOf(alice.members())  # known now: not asked again
+        self.assertEqual(len([e for e in self.server.received if e.type == "PUBLIC_CHANNEL_SUBSCRIBE"]), 1)

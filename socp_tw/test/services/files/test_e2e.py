@@ -25,7 +25,7 @@ from socp_tw.content import file_end_preimage
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer
 from socp_tw.test.ui import PASSWORD, RecordingUI
-from socp_tw.test.waiting import poll_until, wait_until
+from socp_tw.test.waiting import poll_until, until_listed, wait_until
 
 ALICE_KEY, BOB_KEY = 1, 2
 BOB_SERVER_MAX = 100_000
@@ -46,8 +46,8 @@ class FileTransferE2E(TestCase):
         )
         self.alice, self.alice_ui, self.alice_id, self.alice_dir = yield self.client(self.server_a, ALICE_KEY)
         self.bob, self.bob_ui, self.bob_id, self.bob_dir = yield self.client(self.server_b, BOB_KEY)
-        yield poll_until(lambda: self.bob_id in self.alice.session.presence, "bob's advertise at alice")
-        yield poll_until(lambda: self.alice_id in self.bob.session.presence, "alice's advertise at bob")
+        yield until_listed(self.alice.session, self.bob_id)
+        yield until_listed(self.bob.session, self.alice_id)
 
     @inlineCallbacks
     def client(self, server, key_index: int, stall_timeout: float = 60.0):

@@ -22,7 +22,7 @@ from socp_tw.test.client.test_e2e import ClientE2EBase
 from socp_tw.test.keys import test_key
 from socp_tw.test.servers import MeshServer, connect_raw, reactor, settled
 from socp_tw.test.services.users.test_users_e2e import RawUser
-from socp_tw.test.waiting import poll_until, wait_until
+from socp_tw.test.waiting import poll_until, until_listed, wait_until
 
 ALICE_KEY, BOB_KEY = 6, 7
 
@@ -228,6 +228,11 @@ class RestartTests(ClientE2EBase):
         yield wait_until(lambda: settled([a, b]), [a, b], what="A and B linked")
         alice, alice_ui, alice_id = yield self.registered_client(a.url, 2)
         bob, bob_ui, bob_id = yield self.registered_client(b.url, 3)
+        yield until_listed(alice.session, bob_id)
+        yield until_listed(bob.session, alice_id)
+        # A DM each way: each follows the other, so presence comes (again after a new login).
+        yield alice.session.tell(bob_id, "hi")
+        yield wait_until(lambda: bob_ui.find(rf"^DM from {alice_id}: hi$"), what="the first DM")
         yield poll_until(lambda: bob_id in alice.session.presence, "bob seen by alice")
         port, data_dir = b.port, b.data_dir
         yield b.stop()

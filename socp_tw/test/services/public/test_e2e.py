@@ -156,6 +156,7 @@ class PublicChannelE2ETests(TestCase):
         yield app.session.register()
         success = next((line for line in ui.lines if line.startswith("[LOGIN SUCCESS] ")), None)
         self.assertIsNotNone(success, ui.lines)
+        yield app.session.members()  # subscribes: the membership and key shares come from now on
         return app, ui, success.split()[-1]
 
     # ------------------------------------------------------------------------------------------

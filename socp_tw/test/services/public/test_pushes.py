@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail
 
+from socp_tw import wire
 from socp_tw.test.services.public.sim import (
     ALICE,
     BOB,
@@ -15,6 +16,7 @@ from socp_tw.test.services.public.sim import (
     resolved,
     user_pub,
 )
+from socp_tw.testing import FakeLink
 
 
 class PushIntervalTests(PublicTestBase):
@@ -96,3 +98,51 @@ class PushIntervalTests(PublicTestBase):
         self.assertEqual(update["version"], 2)
         self.assertEqual(update["members"], [{"user_id": BOB, "pubkey": user_pub(BOB)}])
         self.assertEqual(node.public.counters["pushes_deferred"], 0)
+
+
+class SubscribeTests(PublicTestBase):
+    """A link in follow mode gets the channel only once it sends PUBLIC_CHANNEL_SUBSCRIBE."""
+
+    def quiet_join(self, node: Node, user_id: str):
+        link = FakeLink(f"user-{user_id[:4]}-{node.server_id[:2]}", role="user", identity=user_id)
+        link.public_pushes = False  # as the user side sets it for USER_HELLO presence: "follow"
+        node.links[user_id] = link
+        node.presence.user_online_local(user_id, user_pub(user_id), {}, link)
+        self.net.clock.advance(0)
+        return link
+
+    def channel_frames(self, node: Node, user_id: str) -> list[str]:
+        kinds = ("PUBLIC_CHANNEL_UPDATED", "PUBLIC_CHANNEL_KEY_SHARE")
+        return [f["type"] for f in node.frames(user_id, kinds)]
+
+    def subscribe(self, node: Node, user_id: str) -> None:
+        envelope = wire.Envelope("PUBLIC_CHANNEL_SUBSCRIBE", user_id, node.server_id, 1, {}, "")
+        node.users.deliver(node.links[user_id], envelope)
+        self.net.clock.advance(0)
+
+    def test_nothing_until_subscribed_then_snapshot_share_and_updates(self) -> None:
+        node = self.node(A, push_interval=0.5, rekey_interval=0)
+        self.net.join_user(node, ALICE)
+        self.quiet_join(node, BOB)
+        self.net.clock.advance(11)  # the key for Alice and Bob is made; updates pushed
+        self.assertIn("PUBLIC_CHANNEL_KEY_SHARE", self.channel_frames(node, ALICE))
+        self.assertEqual(self.channel_frames(node, BOB), [])
+        self.assertTrue(node.public.state.members().get(BOB))  # a member all the same
+        self.subscribe(node, BOB)
+        frames = node.frames(BOB, ("PUBLIC_CHANNEL_UPDATED", "PUBLIC_CHANNEL_KEY_SHARE"))
+        self.assertEqual([f["type"] for f in frames], ["PUBLIC_CHANNEL_UPDATED", "PUBLIC_CHANNEL_KEY_SHARE"])
+        snapshot = frames[0]["payload"]
+        self.assertTrue(snapshot["reset"])
+        self.assertEqual([m["user_id"] for m in snapshot["members"]], sorted([ALICE, BOB]))
+        self.assertEqual(node.public.counters["subscribed"], 1)
+        self.net.join_user(node, CAROL)
+        self.net.clock.advance(1)
+        self.assertIn("PUBLIC_CHANNEL_UPDATED", self.channel_frames(node, BOB))  # updates from now on
+
+    def test_unsubscribed_links_share_no_update(self) -> None:
+        node = self.node(A, push_interval=0.5)
+        self.quiet_join(node, BOB)
+        self.net.join_user(node, ALICE)
+        self.net.join_user(node, CAROL)
+        self.net.clock.advance(11)
+        self.assertEqual(self.channel_frames(node, BOB), [])
