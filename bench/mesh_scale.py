@@ -14,6 +14,8 @@ the first (``--peer`` s0), as an operator would start them.  Measured:
 * **idle**: over ``--idle`` seconds with nothing happening, each server's CPU (ms per s,
   /proc) and the frame signatures it made (``socp_signatures_total{kind="frame"}``), i.e.
   the heartbeat cost (one round every 15 s);
+* **other floods**: the public channel's PUBLIC_CHANNEL_ADD / _UPDATED frames and all frames
+  received on server links, per login and logout;
 * **RSS** of each server, idle, after the logins.
 
     python bench/mesh_scale.py [--sizes 5,10,20] [--logins 12] [--idle 31]
@@ -102,16 +104,19 @@ async def form_mesh(work, n: int, keys: list, log_level: str) -> tuple[list[Mesh
 
 def totals(servers: list[MeshServer]) -> dict[str, float]:
     """Mesh-wide sums of the counters this benchmark reads."""
-    out = {"advertise": 0.0, "remove": 0.0, "heartbeat": 0.0, "signatures": 0.0}
+    out = {"advertise": 0.0, "remove": 0.0, "heartbeat": 0.0, "public": 0.0, "all": 0.0, "signatures": 0.0}
+    kinds = {"USER_ADVERTISE": "advertise", "USER_REMOVE": "remove", "HEARTBEAT": "heartbeat"}
+    kinds.update(PUBLIC_CHANNEL_ADD="public", PUBLIC_CHANNEL_UPDATED="public")
     for server in servers:
-        samples = server.scrape()
-        for key, kind in (
-            ("advertise", "USER_ADVERTISE"),
-            ("remove", "USER_REMOVE"),
-            ("heartbeat", "HEARTBEAT"),
-        ):
-            out[key] += metric(samples, "socp_frames_received_total", type=kind, kind="server")
-        out["signatures"] += metric(samples, "socp_signatures_total", kind="frame")
+        for (name, labels), value in server.scrape().items():
+            if name == "socp_signatures_total" and ("kind", "frame") in labels:
+                out["signatures"] += value
+            if name != "socp_frames_received_total" or ("kind", "server") not in labels:
+                continue
+            out["all"] += value
+            kind = dict(labels).get("type")
+            if kind in kinds:
+                out[kinds[kind]] += value
     return out
 
 
@@ -176,6 +181,9 @@ async def measure_size(reactor, n: int, keys: list, user_key: UserKey, options) 
         logins = options.logins + 1
         result["adv_frames"] = (after["advertise"] - before["advertise"]) / logins
         result["rem_frames"] = (after["remove"] - before["remove"]) / logins
+        # Per login and logout: the public channel's membership gossip, and every server frame.
+        result["public_frames"] = (after["public"] - before["public"]) / logins
+        result["all_frames"] = (after["all"] - before["all"]) / logins
         result["login"], result["logout"] = login, logout
         # Idle: nothing but heartbeats (and a status line a server every 30 s).
         await sleep(2.0)
@@ -221,9 +229,10 @@ def table(results: list[dict]) -> str:
     head = (
         "| servers | form (s) | login p50 / p99 (ms) | logout p50 / p99 (ms) | USER_ADVERTISE frames"
         " per login (flood (N-1)²) | USER_REMOVE frames | heartbeat signatures / server / round"
-        " | heartbeats received / server / round | idle CPU / server (ms/s, max) | RSS / server (MiB, max) |"
+        " | heartbeats received / server / round | idle CPU / server (ms/s, max) | RSS / server (MiB, max)"
+        " | PUBLIC_CHANNEL_* frames per login+logout | all server frames per login+logout |"
     )
-    rows = [head, "|" + "---|" * 10]
+    rows = [head, "|" + "---|" * 12]
     for r in results:
         n = r["n"]
         login = f"{percentile(r['login'], 50) * 1e3:.0f} / {percentile(r['login'], 99) * 1e3:.0f}"
@@ -233,7 +242,7 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {n} | {r['form']:.1f} | {login} | {logout} | {r['adv_frames']:.1f} ({(n - 1) ** 2})"
             f" | {r['rem_frames']:.1f} | {r['hb_sigs_round']:.1f} | {r['hb_frames_round']:.1f}"
-            f" | {idle} | {rss} |"
+            f" | {idle} | {rss} | {r['public_frames']:.0f} | {r['all_frames']:.0f} |"
         )
     return "\n".join(rows)
 
