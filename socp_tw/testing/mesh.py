@@ -89,6 +89,13 @@ class FakePeerLinks:
             self.broadcasts.append((frame, exclude))
         return len(self.linked)
 
+    def relay(self, envelope: wire.Envelope, link: ILink) -> int:
+        """Recorded like a broadcast of the frame as it came, excluding its arrival link."""
+        raw = wire.encode_frame(
+            envelope.type, envelope.from_, envelope.to, envelope.ts, envelope.payload, envelope.sig
+        )
+        return self.broadcast(raw, exclude=getattr(link, "link_id", None))
+
     def on_frame(
         self, type: str, handler: Callable[..., None], prepare: Callable[..., Any] | None = None
     ) -> None:

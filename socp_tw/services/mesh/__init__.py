@@ -10,9 +10,11 @@ verification step (the pinned key of its ``from``), then a per-type handler.
 docs/MESH.md describes the behaviour (join flow, pinning, gossip, liveness, routing
 and limits); the comments here say how the code does it.  One module per concern,
 mixed into :class:`Mesh` (``service``), all sharing its state: ``pins``, ``seen``,
-``handshake``, ``links``, ``liveness``, ``verify``, ``gossip``, ``relay``; ``state`` holds
-the per-link state and the constants they share.  ``dialing`` is a service of its own; it
-and the mesh hold each other as ``IOutgoingLinks`` / ``IDialer`` and ``IPeerLinkEvents``.
+``handshake``, ``links``, ``linksets`` (the relay rule of floods, with ``retained``),
+``liveness``, ``verify``, ``gossip``, ``relay``; ``state`` holds the per-link state and the
+constants they share, ``shared`` one signature for the frames of one payload to many peers.
+``dialing`` is a service of its own; it and the mesh hold each other as ``IOutgoingLinks`` /
+``IDialer`` and ``IPeerLinkEvents``.
 """
 
 from socp_tw.services.mesh.dialing import OutgoingLinks, PeerDialer, backoff_policy
@@ -22,6 +24,7 @@ from socp_tw.services.mesh.service import Mesh
 from socp_tw.services.mesh.state import (
     CLAIMED_TYPES,
     EXT_DELIVER_ACK,
+    EXT_LINK_SET,
     GOSSIP_TYPES,
     MAX_ANSWERED_TYPES,
     MAX_KNOWN_SERVERS,
@@ -35,6 +38,7 @@ from socp_tw.services.mesh.state import (
 __all__ = [
     "CLAIMED_TYPES",
     "EXT_DELIVER_ACK",
+    "EXT_LINK_SET",
     "GOSSIP_TYPES",
     "MAX_ANSWERED_TYPES",
     "MAX_KNOWN_SERVERS",

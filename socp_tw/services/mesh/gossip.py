@@ -13,8 +13,8 @@ from socp_tw.services.mesh.state import (
     MAX_META_BYTES,
     KeyRefused,
     _LinkState,
+    _note_ext,
     _parse_address_payload,
-    _says_it_acks,
 )
 
 
@@ -30,7 +30,7 @@ class Gossip:
                 envelope.from_, key, key_text, (host, port), "SERVER_HELLO_LINK", linked=True
             )
             known.described = (envelope.payload, envelope.sig)
-            known.acks = _says_it_acks(envelope.payload)
+            _note_ext(known, envelope.payload)
         except (wire.FrameError, KeyRefused) as e:
             self.counters["dropped.bad_hello"] += 1
             self._log.warn(
@@ -65,7 +65,7 @@ class Gossip:
             return
         if envelope.sig:
             known.described = (envelope.payload, envelope.sig)
-        known.acks = _says_it_acks(envelope.payload)
+        _note_ext(known, envelope.payload)
         self.counters["announces"] += 1
         if envelope.to == "*":
             self._log.info("Server announced: {server_id}", server_id=origin)
@@ -225,13 +225,9 @@ class Gossip:
             )
 
     def _forward(self, envelope: wire.Envelope, arrival: _LinkState) -> int:
-        """Send ``envelope`` unchanged to every live link but the one it came on."""
-        raw = wire.encode_frame(
-            envelope.type, envelope.from_, envelope.to, envelope.ts, envelope.payload, envelope.sig
-        )
-        sent = self.broadcast(raw, exclude=arrival.link.link_id)
-        self.counters["forwarded"] += sent
-        return sent
+        """Send ``envelope`` unchanged to the live links that need it (linksets.py: never the one
+        it came on, nor its origin, nor a server that has it from the origin directly)."""
+        return self.relay(envelope, arrival.link)
 
     def _advertise_frame(self, entry: Any) -> Deferred:
         meta = {**entry.meta, "pubkey": entry.pubkey}

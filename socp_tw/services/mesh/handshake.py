@@ -12,8 +12,8 @@ from socp_tw.services.mesh.state import (
     OUR_EXTENSIONS,
     KeyRefused,
     _LinkState,
+    _note_ext,
     _parse_address_payload,
-    _says_it_acks,
 )
 
 
@@ -80,7 +80,7 @@ class Handshake:
         except KeyRefused as e:
             self._refuse(link, e.code, e.detail)
             return
-        known.acks = _says_it_acks(envelope.payload)
+        _note_ext(known, envelope.payload)
         if envelope.sig:
             known.described = (envelope.payload, envelope.sig)
         self._log.info("Server joining {server_id}", server_id=assigned)
@@ -161,7 +161,7 @@ class Handshake:
         except KeyRefused as e:
             self._refuse(link, e.code, e.detail)
             return
-        known.acks = _says_it_acks(envelope.payload)
+        _note_ext(known, envelope.payload)
         if envelope.sig:
             known.described = (envelope.payload, envelope.sig)
         link.role = "server"

@@ -14,8 +14,8 @@ from socp_tw.services.mesh.state import (
     KeyRefused,
     _host_port,
     _LinkState,
+    _note_ext,
     _parse_address_payload,
-    _says_it_acks,
     envelope_list,
 )
 from socp_tw.transport.fanout import send_to_all
@@ -189,7 +189,7 @@ class Joining:
                 ),
                 {},
             )
-            known.acks = _says_it_acks(own_item)
+            _note_ext(known, own_item)
         except KeyRefused as e:
             self.counters["welcome.refused"] += 1
             state.welcome_refused = e.detail

@@ -84,6 +84,7 @@ class Links:
         for entry in self._presence.local_entries():
             state.link.send(self._advertise_frame(entry))
         self._introduce_neighbours(state)
+        self._links_changed()
         if newly:
             self.counters["links_up"] += 1
             # A link we dialled is up only once the peer answers (verify.py logs that): until
@@ -135,6 +136,7 @@ class Links:
         if self.running:
             self._schedule_withdraw(server_id)
             self._want_link(server_id)
+        self._links_changed(at_once=True)
         self._changed()
 
     def _stop_timers(self, state: _LinkState) -> None:

@@ -42,7 +42,10 @@ class Liveness:
         self._retire(state, "no delivery confirmation", CLOSE_GOING_AWAY)
 
     def _heartbeat(self, state: _LinkState) -> None:
-        state.link.send(self._signer.frame("HEARTBEAT", state.server_id, {}))
+        """``HEARTBEAT {}`` to the peer (``to`` = its id).  The payload is the same on every link, so
+        one signature made within the last interval serves them all (shared.py): one per round."""
+        state.link.send(self._heartbeats.frame_to(state.server_id, max_age=self.heartbeat_interval))
+        self._retained.expire(self._retain_for())
         ping = getattr(state.link, "ping", None)  # the round trip shown by socpctl status
         if ping is not None:
             ping(self._clock.seconds())

@@ -34,6 +34,7 @@ class KnownServer:
     port: int | None = None
     linked: bool = False  # we have had a direct link with it (only those are redialled after a restart)
     acks: bool = False  # it said it confirms deliveries (``ext`` has "deliver-ack")
+    link_sets: bool = False  # it sends and reads SERVER_LINKS (``ext`` has "link-set")
     #: Its own signed {host, port, pubkey} (payload, sig), re-sent to new neighbours as a SERVER_ANNOUNCE.
     described: tuple[dict[str, Any], str] | None = None
 
@@ -45,6 +46,7 @@ class KnownServer:
             "port": self.port,
             "linked": self.linked,
             "acks": self.acks,
+            "link_sets": self.link_sets,
         }
 
 
@@ -85,6 +87,7 @@ class PinStore:
                 port,
                 bool(item.get("linked", False)),
                 bool(item.get("acks", False)),
+                bool(item.get("link_sets", False)),
             )
         return known
 

@@ -34,18 +34,23 @@ from socp_tw.services.mesh.gossip import Gossip
 from socp_tw.services.mesh.handshake import Handshake
 from socp_tw.services.mesh.joining import Joining
 from socp_tw.services.mesh.links import Links
+from socp_tw.services.mesh.linksets import LinkSets
 from socp_tw.services.mesh.liveness import Liveness
 from socp_tw.services.mesh.pins import PEERS_FILE, KnownServer, PinBook, PinStore
 from socp_tw.services.mesh.refusals import REFUSAL_WINDOW, SIGNED_REFUSALS, Refusals
 from socp_tw.services.mesh.relay import Relay
+from socp_tw.services.mesh.retained import Retained
 from socp_tw.services.mesh.seen import SeenCache
+from socp_tw.services.mesh.shared import SharedSignature
 from socp_tw.services.mesh.state import CLAIMED_TYPES, CLOSE_GOING_AWAY, _LinkState
 from socp_tw.services.mesh.userfrom import UserFrom
 from socp_tw.services.mesh.verify import Verify
 
 
 @implementer(IPeerLinks, IPeerLinkEvents, IPresenceObserver)
-class Mesh(Handshake, Joining, Refusals, Links, Liveness, Verify, Gossip, UserFrom, Relay, PinBook, Service):
+class Mesh(
+    Handshake, Joining, Refusals, Links, LinkSets, Liveness, Verify, Gossip, UserFrom, Relay, PinBook, Service
+):
     """All server links of this server, and the rules of PROTOCOL.md §4.
 
     The parts (one module each) share this object's state: ``_links`` (link_id ->
@@ -73,6 +78,7 @@ class Mesh(Handshake, Joining, Refusals, Links, Liveness, Verify, Gossip, UserFr
         withdraw_after: float = 15.0,
         gossip_dial_delay: float = 1.0,
         close_grace: float = 2.0,
+        link_set_delay: float = 0.5,
         seen_max: int = 100_000,
         seen_max_age: float = 600.0,
         forged_limit: int = 10,
@@ -99,6 +105,14 @@ class Mesh(Handshake, Joining, Refusals, Links, Liveness, Verify, Gossip, UserFr
         self.withdraw_after = withdraw_after
         self.gossip_dial_delay = gossip_dial_delay
         self.close_grace = close_grace
+        # The relay rule (linksets.py): our link set as last told, the frames skipped for someone.
+        self.link_set_delay = link_set_delay
+        self._link_set: SharedSignature | None = None
+        self._link_set_seq = 0
+        self._link_set_timer: IDelayedCall | None = None
+        self._retained = Retained(reactor)
+        # HEARTBEAT {} is the same on every link: one signature a round serves them all.
+        self._heartbeats = SharedSignature(self._signer, reactor, "HEARTBEAT", {}, now_ms)
         # Bad signatures per link id: ``forged_limit`` within ``forged_window`` s cut the link off.
         self._strikes = Strikes(forged_limit, forged_window, reactor)
         self.stop_timeout = stop_timeout
@@ -186,6 +200,9 @@ class Mesh(Handshake, Joining, Refusals, Links, Liveness, Verify, Gossip, UserFr
 
     def stopService(self) -> Deferred:
         super().stopService()
+        if self._link_set_timer is not None and self._link_set_timer.active():
+            self._link_set_timer.cancel()
+        self._link_set_timer = None
         for timer in self._withdraw_timers.values():
             if timer.active():
                 timer.cancel()

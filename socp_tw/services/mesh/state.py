@@ -24,9 +24,11 @@ GOSSIP_TYPES = frozenset({"USER_ADVERTISE", "USER_REMOVE", "SERVER_ANNOUNCE"})
 NEVER_ANSWERED = frozenset({"ERROR", "ACK"})
 
 #: Our profile's capabilities, listed in ``ext`` of our own {host, port, pubkey} payloads
-#: (docs/PROTOCOL-EXTENSIONS.md): "deliver-ack": we confirm each delivered SERVER_DELIVER.
+#: (docs/PROTOCOL-EXTENSIONS.md): "deliver-ack": we confirm each delivered SERVER_DELIVER;
+#: "link-set": we send and read SERVER_LINKS (our direct links, for the relay rule, §14).
 EXT_DELIVER_ACK = "deliver-ack"
-OUR_EXTENSIONS = [EXT_DELIVER_ACK]
+EXT_LINK_SET = "link-set"
+OUR_EXTENSIONS = [EXT_DELIVER_ACK, EXT_LINK_SET]
 
 MAX_KNOWN_SERVERS = 1000
 #: Seconds the dialler of a losing duplicate link waits before closing it (pending frames leave).
@@ -69,6 +71,9 @@ class _LinkState:
     answered_types: set = field(default_factory=set)
     said_goodbye: bool = False
     throttled: bool = False  # paced for going over peer_rate at least once (logged once)
+    claims: frozenset | None = None  # the servers the peer says it is linked to (SERVER_LINKS)
+    claims_seq: int | None = None  # the ``seq`` of those claims
+    told_links: int | None = None  # the ``seq`` of the last link set we sent on this link
 
     @property
     def direction(self) -> str:
@@ -92,6 +97,14 @@ def _says_it_acks(payload: dict[str, Any]) -> bool:
     """True if a server's own {host, port, pubkey} payload lists the ``deliver-ack`` extension."""
     ext = payload.get("ext")
     return isinstance(ext, list) and EXT_DELIVER_ACK in ext
+
+
+def _note_ext(known: Any, payload: dict[str, Any]) -> None:
+    """Record on ``known`` (a KnownServer) the extensions its own payload lists in ``ext``."""
+    ext = payload.get("ext")
+    ext = ext if isinstance(ext, list) else []
+    known.acks = EXT_DELIVER_ACK in ext
+    known.link_sets = EXT_LINK_SET in ext
 
 
 def _host_port(host: str, port: int) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from socp_tw import crypto, wire
+from socp_tw.services.mesh.linksets import LINKS_TYPE
 from socp_tw.services.mesh.seen import SeenCache
 from socp_tw.services.mesh.state import (
     CLOSE_POLICY,
@@ -152,6 +153,8 @@ class Verify:
             if state.dialer is not None:
                 state.dialer.mark_healthy()
                 self._log.info("Link to server {server_id} up (outgoing: it answered)", server_id=origin)
+            if state.up:
+                self._links_changed()  # our frames arrive there now: a link worth claiming
         if seen_key is not None:
             self._seen.add(seen_key)
         self.counters["verified"] += 1  # every frame is counted: verified here, or dropped above
@@ -165,6 +168,8 @@ class Verify:
             self._announce(state, envelope, seen_key, known)
         elif kind == "SERVER_HELLO_LINK" and origin == state.server_id:
             self._hello_again(state, envelope)
+        elif kind == LINKS_TYPE:
+            self._link_set_received(state, envelope)
         elif kind in self._handlers:
             self._routed(state, envelope, prepared)
         elif kind in ("SERVER_HELLO_JOIN", "SERVER_WELCOME", "SERVER_HELLO_LINK"):

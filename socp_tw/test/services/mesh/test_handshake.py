@@ -156,7 +156,7 @@ class JoinTests(MeshTestCase):
                 "host": "127.0.0.1",
                 "port": 9000,
                 "pubkey": pub(HERE),
-                "ext": ["deliver-ack"],
+                "ext": ["deliver-ack", "link-set"],
             },
         )
         self.assertEqual(servers[S2]["port"], 9102)
@@ -246,7 +246,7 @@ class WelcomeTests(SynchronousTestCase):
         )
         self.assertEqual(
             hello["payload"],
-            {"host": "127.0.0.1", "port": 9000, "pubkey": pub(HERE), "ext": ["deliver-ack"]},
+            {"host": "127.0.0.1", "port": 9000, "pubkey": pub(HERE), "ext": ["deliver-ack", "link-set"]},
         )
         self.assertTrue(verify_server_frame(hello, pub(HERE)))
         lines = [formatEvent(e) for e in self.events]
