@@ -28,8 +28,10 @@ class Peers(SessionCore):
             return
         self._apply_advert(envelope.payload, envelope.from_)
 
-    def _apply_advert(self, payload: dict, sent_by: str) -> None:
-        """One user online (a USER_ADVERTISE, or an entry of a batched USER_LIST)."""
+    def _apply_advert(self, payload: dict, sent_by: str, quiet: bool = False) -> None:
+        """One user online (a USER_ADVERTISE, or an entry of a batched USER_LIST); ``quiet``
+        records it without a presence line (the answer to a follow says where someone is, not
+        that they just came)."""
         user_id = payload.get("user_id")
         if not wire.is_uuid(user_id) or user_id == self.user_id:
             return
@@ -46,7 +48,10 @@ class Peers(SessionCore):
             pubkey = meta.get("pubkey") if isinstance(meta, dict) else None
         if isinstance(pubkey, str):
             self._saw_key(user_id, pubkey)
-        self._announce(user_id, online=True)
+        if quiet:
+            self._announced.add(user_id)
+        else:
+            self._announce(user_id, online=True)
 
     def _follow(self, user_ids: Iterable[str]) -> None:
         """``PRESENCE_FOLLOW`` for the users not followed yet on this link: our server then tells
@@ -121,9 +126,11 @@ class Peers(SessionCore):
         users = envelope.payload.get("users")
         if not isinstance(users, list):
             return
+        answers_follow = envelope.payload.get("follow") is True  # a snapshot, not arrivals
         for item in users[:10000]:
             if isinstance(item, dict) and ("pubkey" in item or isinstance(item.get("meta"), dict)):
-                self._apply_advert(item, envelope.from_)  # our server's batched presence (docs/MESH.md)
+                # our server's batched presence (docs/MESH.md)
+                self._apply_advert(item, envelope.from_, quiet=answers_follow)
             elif isinstance(item, dict):
                 user_id = item.get("user_id")
                 if wire.is_uuid(user_id) and user_id != self.user_id:

@@ -70,6 +70,20 @@ class BatchedPresenceTests(SessionTestBase):
         self.assertNotIn(bob, alice.presence)
         self.assertTrue(ui.matching(r"^\* .*bob.* is offline$"))
 
+    def test_the_answer_to_a_follow_prints_no_presence_line(self) -> None:
+        """Right after a /tell, the server's answer to the follow says the partner is online:
+        that is where they are, not news; their leaving afterwards is."""
+        alice, ui, link, _ = self.online_user(1)
+        bob = "2c1a4f6e-0c1f-4c39-9d0a-6f0f1e9b8a77"
+        bob_key = crypto.encode_public_key(test_key(2))
+        alice.names.talked.add(bob)
+        advert = {"user_id": bob, "server_id": "s1", "pubkey": bob_key, "meta": {"pubkey": bob_key}}
+        self.server.push(link, "USER_LIST", {"users": [advert], "removed": [], "follow": True})
+        self.assertEqual(alice.presence[bob], "s1")
+        self.assertFalse(ui.matching(r"is online"))
+        self.server.push(link, "USER_REMOVE", {"user_id": bob, "server_id": "s1"})
+        self.assertTrue(ui.matching(r"^\* .*2c1a4f6e.* is offline$"))
+
     def test_the_hello_says_presence_follow(self) -> None:
         seen = []
         original = self.server.on_USER_HELLO if hasattr(self.server, "on_USER_HELLO") else None
@@ -145,6 +159,23 @@ class FollowModeTests(SessionTestBase):
         self.successResultOf(alice.list_users())
         self.assertEqual(alice.names.label(bob_id), "bob")
         self.server.on_LIST_REQUEST = original
+
+    def test_junk_in_the_list_response_names_is_ignored(self) -> None:
+        alice, ui, _, _ = self.online_user(1)
+        _, _, _, bob_id = self.online_user(2)
+        stranger = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+        for names in ("bob", [bob_id], {bob_id: 7}, {"not-a-uuid": "x", stranger: "eve"}):
+            users = sorted(self.server.online)
+
+            def with_junk(link, env, names=names, users=users):
+                self.server.push(link, "LIST_RESPONSE", {"online_users": users, "names": names})
+
+            self.server.on_LIST_REQUEST = with_junk
+            ui.lines.clear()
+            self.successResultOf(alice.list_users())
+            self.assertTrue(ui.matching(r"^Online users \(2\):"), names)
+        self.assertIsNone(alice.names.claims.get(bob_id))  # 7 is no name
+        self.assertNotIn(stranger, alice.names.claims)  # not online: its name is not learnt
 
     def test_members_subscribes_when_the_membership_did_not_come(self) -> None:
         alice, ui, link, alice_id = self.online_user(1)
