@@ -49,13 +49,10 @@ class _Adverts:
     batched for the links in ``_list_links``."""
 
     def _event_links(self, about: str) -> list:
-        """Every local user's link but ``about``'s, those that get batched lists and those in
-        follow mode, plus the follow-mode links that follow ``about`` (follows.py)."""
-        lists, quiet = self._list_links, self._quiet_links
+        """The links in per-event mode but ``about``'s, plus the follow-mode links that follow
+        ``about`` (follows.py); not those that get batched lists."""
         return [
-            e.link
-            for e in self._presence.local_entries()
-            if e.user_id != about and e.link.link_id not in lists and e.link.link_id not in quiet
+            link for link in self._event_mode_links.values() if link.identity != about
         ] + self._follower_links(about)
 
     @staticmethod
@@ -67,7 +64,13 @@ class _Adverts:
         links = self._event_links(entry.user_id)
         pem_links = [link for link in links if reads_pem(link)]
         der_links = [link for link in links if not reads_pem(link)]
-        self._cache(self._adverts, entry.user_id, self._relay_to(der_links, _advert_payload(entry, False)))
+        if der_links:
+            frame = self._relay_to(der_links, _advert_payload(entry, False))
+            self._cache(self._adverts, entry.user_id, frame)
+        else:
+            # Nobody to tell now (every user in follow mode): no signature; a spec client's
+            # hello signs it if it ever needs it (_replay_adverts).
+            self._adverts.pop(entry.user_id, None)
         if pem_links:
             frame = self._relay_to(pem_links, _advert_payload(entry, True))
             self._cache(self._adverts_pem, entry.user_id, frame)
@@ -90,21 +93,19 @@ class _Adverts:
         frame.addCallback(remember)
 
     def _replay_adverts(self, link: Any, user_id: str) -> None:
-        """After a hello: every cached advert but the user's own, in the encoding it reads."""
+        """After a hello: the advert of every online user but the user's own, in the encoding it
+        reads, signed now where nobody needed it before (then kept for the next)."""
         pem = reads_pem(link)
-        for other, frame in list(self._adverts.items()):
-            if other == user_id:
-                continue
-            if pem:
-                pem_frame = self._adverts_pem.get(other)
-                if pem_frame is None:
-                    entry = self._presence.lookup(other)
-                    if entry is None:
-                        continue
-                    pem_frame = self._signer.frame("USER_ADVERTISE", "*", _advert_payload(entry, True))
-                    self._cache(self._adverts_pem, other, pem_frame)
-                frame = pem_frame
-            link.send(copies_of(frame, 1)[0])
+        cache = self._adverts_pem if pem else self._adverts
+        for other in self._presence.online_users():
+            entry = self._presence.lookup(other)
+            if other != user_id and other not in cache and entry is not None:
+                frame = self._signer.frame("USER_ADVERTISE", "*", _advert_payload(entry, pem))
+                frame.addErrback(lambda f: None)  # each copy fails (and is logged) on its own
+                self._cache(cache, other, frame)
+        for other, frame in list(cache.items()):
+            if other != user_id:
+                link.send(copies_of(frame, 1)[0])
 
     def user_offline(self, entry: Any) -> None:
         self._adverts.pop(entry.user_id, None)
@@ -118,13 +119,13 @@ class _Adverts:
         self.counters["relayed.USER_ADVERTISE"] += len(links)
         return frame
 
-    def _relay(self, frame_type: str, payload: dict[str, Any], about: str) -> Deferred:
-        """Sign one frame and send the same bytes to every local user but ``about`` (and those
-        who get lists)."""
+    def _relay(self, frame_type: str, payload: dict[str, Any], about: str) -> None:
+        """Sign one frame and send the same bytes to every local user in per-event mode but
+        ``about``, and to ``about``'s followers; nothing is signed if there is nobody."""
         links = self._event_links(about)
-        frame = sign_for_all(self._signer, self._log, frame_type, payload, links)
-        self.counters["relayed." + frame_type] += len(links)
-        return frame  # fires with the frame's bytes, or None if signing failed
+        if links:
+            sign_for_all(self._signer, self._log, frame_type, payload, links)
+            self.counters["relayed." + frame_type] += len(links)
 
     # -- batched presence (USER_LIST)
 

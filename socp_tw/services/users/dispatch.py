@@ -61,6 +61,7 @@ class _Dispatching:
         state.closed = True
         state.backlog = ()
         self._forget_follows(link.link_id, state.follows)
+        self._event_mode_links.pop(link.link_id, None)
         state.follows = ()
         state.nonce = state.login = None
         if state.user_id is not None and self._presence.user_offline_local(state.user_id, link):

@@ -214,6 +214,8 @@ class _Hello:
             self._list_links.add(link.link_id)
         if state.presence_follow:
             self._quiet_links.add(link.link_id)
+        if not (state.presence_lists or state.presence_follow):
+            self._event_mode_links[link.link_id] = link
         link.pem_keys = state.pem_keys  # keys sent to it mirror its own (services/keymirror.py)
         self._hub.bind(link, self)
         self.counters["hello_ok"] += 1

@@ -101,6 +101,9 @@ class UserSide(
         #: the ids of the links that follow it (``follows.py``).
         self._quiet_links: set[str] = set()
         self._followers: dict[str, set[str]] = {}
+        #: The links of local users who get the spec's frame per presence event (neither lists
+        #: nor follow mode): an event goes to these without a scan of every local user.
+        self._event_mode_links: dict[str, ILink] = {}
         self._adverts_pem: dict[str, bytes | Deferred] = {}  # the same, keys as PEM (keymirror)
         self._auth_handlers: dict[str, Callable[[_UserLink, wire.Envelope], Deferred | None]] = {
             "USER_REGISTER": self._register,

@@ -148,3 +148,31 @@ class PresenceFollowTests(UserSideTestBase):
         self.assertIs(link.public_pushes, False)
         plain = self.online(wire.new_uuid4(), bob_key())
         self.assertIs(plain.public_pushes, True)
+
+    def test_an_advert_nobody_listens_to_is_not_signed(self) -> None:
+        """Only followers online: a presence event costs no signature; a spec client's hello
+        signs what it needs (adverts.py), once."""
+        calls: list[tuple] = []
+        inner = self.workers.run
+
+        def run(f, *args, **kwargs):
+            calls.append(args)
+            return inner(f, *args, **kwargs)
+
+        def signed_adverts() -> list[str]:
+            return [args[2]["user_id"] for args in calls if args and args[0] == "USER_ADVERTISE"]
+
+        self.patch(self.workers, "run", run)
+        first, _ = self.follower()
+        dave = wire.new_uuid4()
+        self.remote(dave)
+        self.assertEqual(signed_adverts(), [])
+        _, got = self.hello_frames(None)  # a spec client: every online user's advert, signed now
+        self.assertEqual(got, ["ACK", "USER_ADVERTISE", "USER_ADVERTISE"])
+        self.assertEqual(sorted(signed_adverts()), sorted([first, dave]))
+        calls.clear()
+        _, got = self.hello_frames(None)
+        self.assertEqual(got.count("USER_ADVERTISE"), 3)
+        # The first spec client's advert (nobody needed it when it came) and the new one's own
+        # (for the first): the others' are replayed as signed before.
+        self.assertEqual(len(signed_adverts()), 2)

@@ -1030,9 +1030,10 @@ class RelayTests(UserSideTestBase):
         bob_link = self.open_link()
         self.register(bob_link, bob, bob_key())
         frames = self.hello(bob_link, bob, bob_key())
-        self.assertEqual([f["type"] for f in frames], ["ACK", "USER_ADVERTISE"])  # alice's
+        self.assertEqual([f["type"] for f in frames], ["ACK"])  # the adverts wait behind dave's
         held.release()
-        self.assertEqual(self.one(bob_link, "USER_ADVERTISE")["payload"]["user_id"], dave)
+        # Alice's advert, signed only now (nobody needed it before), after dave's.
+        self.assertEqual([f["payload"]["user_id"] for f in self.take(bob_link)], [dave, alice])
         # Alice: dave's advert, then bob's (which waited behind it: links keep call order).
         self.assertEqual([f["payload"]["user_id"] for f in self.take(alice_link)], [dave, bob])
         self.assertIsInstance(self.users._adverts[dave], bytes)
@@ -1064,7 +1065,8 @@ class RelayTests(UserSideTestBase):
         # Logged once by the relay, and once by each link that skipped its copy (alice, bob).
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
         self.assertNotIn(dave, self.users._adverts)
-        self.assertEqual(self.take(bob_link), [])
+        # Bob's copy of dave's was skipped; alice's advert, queued behind it, still came.
+        self.assertEqual([f["payload"]["user_id"] for f in self.take(bob_link)], [alice])
         # Alice's copy was skipped; bob's advert, queued behind it, still went out.
         self.assertEqual([f["payload"]["user_id"] for f in self.take(alice_link)], [bob])
         # Both links still work.
