@@ -24,6 +24,12 @@ class IPeerLinks(Interface):
         """Send ``frame`` on every live server link except the one with link_id ``exclude``;
         return how many links it went to."""
 
+    def relay(envelope, link):
+        """Pass a verified ``to: "*"`` frame from another server on, unchanged, to the servers
+        that need it: every live link but ``link`` (its arrival) and the origin, less the
+        neighbours that have it from the origin directly (the link-set rule, docs/MESH.md).
+        Returns how many links it went to."""
+
     def acks_deliveries(server_id):
         """True if ``server_id`` said it confirms every SERVER_DELIVER it delivers (``ACK``)."""
 

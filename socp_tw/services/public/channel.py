@@ -103,6 +103,10 @@ class PublicChannel(Service):
         self._waiting: list[Callable[[], None]] = []  # work that arrived before the state was loaded
         self._sweeper: LoopingCall | None = None
         self._loading: Deferred | None = None
+        #: Local joins (the presence entry) and leaves (None) of this reactor turn, made into
+        #: events together at its end: a burst of arrivals or departures is one emit.
+        self._pending: dict[str, Any] = {}
+        self._pending_call: Any = None
 
         self.pushes = Pushes(self)
         self.rekeying = Rekeying(self)
@@ -135,6 +139,9 @@ class PublicChannel(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        if self._pending_call is not None and self._pending_call.active():
+            self._pending_call.cancel()  # what they would add is covered by the leaves below
+        self._pending_call, self._pending = None, {}
         stop_repeating(self._sweeper)
         self.rekeying.stop()
         self.pushes.stop()
@@ -200,21 +207,30 @@ class PublicChannel(Service):
             event = self.state.next_event(self.server_id, member_id, present, host, pubkey)
             self.state.merge([event])
             events.append(event)
-            self._log.info(
-                "Public channel: {member} {what} (version {version})",
-                member=member_id,
-                what="joined" if present else "left",
-                version=self.state.version,
-            )
         if not events:
             return
+        if len(events) == 1:
+            self._log.info(
+                "Public channel: {member} {what} (version {version})",
+                member=events[0].member_id,
+                what="joined" if events[0].present else "left",
+                version=self.state.version,
+            )
+        else:
+            joined = sum(1 for e in events if e.present)
+            self._log.info(
+                "Public channel: {joined} joined and {left} left at once (version {version})",
+                joined=joined,
+                left=len(events) - joined,
+                version=self.state.version,
+            )
         own = {self.server_id: self.state.origins[self.server_id]}
         self.counters["events_made"] += len(events)
         payloads = [self.add_payload(chunk, own, before) for chunk in chunks(events, self.states_per_frame)]
         saved = self.store.save_group_state(GROUP, [e.to_store() for e in events], own)
         if urgent:
             saved.addErrback(self.persist_failed)
-            for payload in payloads:
+            for payload in payloads if self.peers.connected_servers() else ():
                 self.peers.broadcast(self.signer.frame_now("PUBLIC_CHANNEL_ADD", "*", payload))
         else:
             # Persisted first: a restart must never reuse a sequence number already sent.
@@ -235,6 +251,10 @@ class PublicChannel(Service):
         }
 
     def _broadcast_adds(self, _: object, payloads: list[dict[str, Any]]) -> None:
+        """Gossip our new events; with no server linked, nothing is signed: a server that links
+        later gets them in our whole state (``gossip.mesh_changed``)."""
+        if not self.peers.connected_servers():
+            return
         for payload in payloads:
             self.peers.broadcast(self.signer.frame("PUBLIC_CHANNEL_ADD", "*", payload))
 
@@ -278,17 +298,42 @@ class PublicChannel(Service):
         self.when_ready(lambda: self._local_leave(entry.user_id))
 
     def _local_join(self, entry: Any) -> None:
-        if not self.running or self.presence.local_link(entry.user_id) is not entry.link:
-            return
-        self.emit([(entry.user_id, True, self.server_id, entry.pubkey)])
+        if self.running:
+            self._queue(entry.user_id, entry)
 
     def _local_leave(self, user_id: str) -> None:
-        state = self.state.states.get(user_id)
-        if (
-            self.running
-            and state is not None
-            and state.present
-            and state.host_id == self.server_id
-            and self.presence.local_link(user_id) is None
-        ):
-            self.emit([(user_id, False, self.server_id, None)])
+        if self.running:
+            self._queue(user_id, None)
+
+    def _queue(self, user_id: str, entry: Any) -> None:
+        """Keep the last change of ``user_id`` for the end of this reactor turn."""
+        self._pending.pop(user_id, None)
+        self._pending[user_id] = entry
+        if self._pending_call is None:
+            self._pending_call = self.clock.callLater(0, self._emit_pending)
+
+    def flush_pending(self) -> None:
+        """Make the events of this turn's joins and leaves now (a snapshot about to go out
+        must hold its own user's join)."""
+        if self._pending_call is not None and self._pending_call.active():
+            self._pending_call.cancel()
+            self._emit_pending()
+
+    def _emit_pending(self) -> None:
+        """One emit for the turn's joins and leaves, each checked against presence now."""
+        self._pending_call = None
+        pending, self._pending = self._pending, {}
+        if not self.running:
+            return
+        changes: list[Change] = []
+        for user_id, entry in pending.items():
+            link = self.presence.local_link(user_id)
+            if entry is not None:
+                if link is entry.link:
+                    changes.append((user_id, True, self.server_id, entry.pubkey))
+                continue
+            state = self.state.states.get(user_id)
+            if state is not None and state.present and state.host_id == self.server_id and link is None:
+                changes.append((user_id, False, self.server_id, None))
+        if changes:
+            self.emit(changes)

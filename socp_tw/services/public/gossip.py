@@ -69,13 +69,11 @@ class Gossip:
         )
 
     def flood(self, envelope: wire.Envelope, link: ILink) -> None:
-        """Pass a ``to: "*"`` frame on unchanged to every other server (seen_ids stops loops)."""
+        """Pass a ``to: "*"`` frame on unchanged to the servers that need it (seen_ids stops
+        loops; the mesh's relay rule spares the neighbours the origin reached itself)."""
         if envelope.to != "*":
             return
-        raw = wire.encode_frame(
-            envelope.type, envelope.from_, envelope.to, envelope.ts, envelope.payload, envelope.sig
-        )
-        self._channel.counters["forwarded"] += self._channel.peers.broadcast(raw, exclude=link.link_id)
+        self._channel.counters["forwarded"] += self._channel.peers.relay(envelope, link)
 
     def _add_received(self, envelope: wire.Envelope, link: ILink) -> None:
         channel = self._channel

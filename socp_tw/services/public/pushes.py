@@ -51,7 +51,7 @@ class Pushes:
 
     def loaded(self) -> None:
         """The state was loaded: what it holds is what users are told first."""
-        self.pushed = self._channel.state.members()
+        self.pushed = dict(self._channel.state.members())
         self.pushed_version = self._channel.state.version
 
     def stop(self) -> None:
@@ -146,7 +146,7 @@ class Pushes:
         if not added and not removed and version == self.pushed_version:
             return
         self._last_push = channel.clock.seconds()
-        self.pushed, self.pushed_version = current, version
+        self.pushed, self.pushed_version = dict(current), version
         self.drop_snapshot()
         links = self._local_links()
         for index, chunk in enumerate(chunks(added, channel.members_per_frame)):
@@ -166,6 +166,7 @@ class Pushes:
         """After the hello: the whole membership (``reset``), then the user's key share if any."""
         if self._awaiting_snapshot.get(user_id) is not link:
             return
+        self._channel.flush_pending()  # its own join first: the snapshot shows it a member
         del self._awaiting_snapshot[user_id]
         if self._channel.presence.local_link(user_id) is not link:
             return

@@ -131,6 +131,7 @@ class ChannelState:
 
     def __init__(self, max_members: int = MAX_MEMBERS) -> None:
         self.states: dict[str, MemberState] = {}
+        self._members: dict[str, str] = {}  # kept with ``states`` by merge: no scan per event
         self.origins: dict[str, int] = {}
         self.lamport = 0
         self.version = 0
@@ -138,8 +139,9 @@ class ChannelState:
         self.refused_full = 0
 
     def members(self) -> dict[str, str]:
-        """Current members: member id -> public key."""
-        return {m: s.pubkey or "" for m, s in self.states.items() if s.present}
+        """Current members: member id -> public key.  The live table, not a copy (a burst of
+        departures asks for it once per event): read it, copy it to keep it."""
+        return self._members
 
     def is_member(self, member_id: str) -> bool:
         state = self.states.get(member_id)
@@ -170,6 +172,10 @@ class ChannelState:
                 self.refused_full += 1
                 continue
             self.states[event.member_id] = changed[event.member_id] = event
+            if event.present:
+                self._members[event.member_id] = event.pubkey or ""
+            else:
+                self._members.pop(event.member_id, None)
             self.lamport = max(self.lamport, event.lamport)
         return list(changed.values()), raised
 

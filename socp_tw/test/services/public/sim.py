@@ -132,6 +132,13 @@ class NetLinks:
         self.net.broadcasts.append((self.server_id, frame))
         return len(peers)
 
+    def relay(self, envelope: wire.Envelope, link) -> int:
+        """A plain flood of the frame as it came (no link-set rule here: the worst case)."""
+        raw = wire.encode_frame(
+            envelope.type, envelope.from_, envelope.to, envelope.ts, envelope.payload, envelope.sig
+        )
+        return self.broadcast(raw, exclude=getattr(link, "link_id", None))
+
     def on_frame(self, type: str, handler: Callable, prepare: Callable | None = None) -> None:
         self.handlers[type] = handler  # frames here arrive verified: nothing is prepared ahead
 
@@ -244,6 +251,7 @@ class Net:
         for other in self.nodes.values():
             if other is not node:
                 other.presence.user_offline_remote(user_id, node.server_id)
+        self.clock.advance(0)  # the end of the reactor turn: the leave's event is made
 
     def pump(self, rnd: random.Random | None = None, limit: int = 10_000) -> int:
         """Deliver queued frames (in random order with ``rnd``) until none is left."""

@@ -22,6 +22,7 @@ from socp_tw.test.services.public.sim import (
     Node,
     PublicTestBase,
     public_message,
+    resolved,
     server_pub,
     user_key,
     user_pub,
@@ -137,6 +138,7 @@ class SingleServerTests(PublicTestBase):
     def test_events_are_saved_before_they_are_sent(self) -> None:
         store = GatedStore()
         node = Node(self.net, A, store=store).start()
+        self.net.link(A, B)  # a server to tell (B's node need not run)
         self.net.join_user(node, ALICE)
         self.assertEqual(node.state.version, 1)
         self.assertEqual(self.sent_adds(), [])
@@ -146,9 +148,50 @@ class SingleServerTests(PublicTestBase):
         self.assertEqual(add["counters"], {A: 1})
         self.assertEqual(add["events"], [node.state.states[ALICE].to_wire()])
 
+    def test_alone_nothing_is_signed_for_the_mesh(self) -> None:
+        """With no server linked, our events are not signed for gossip; the first server that
+        links gets them in our whole state."""
+        node = Node(self.net, A).start()
+        self.net.join_user(node, ALICE)
+        self.net.join_user(node, BOB)
+        self.assertEqual(self.sent_adds(), [])
+        self.net.link(A, B)
+        sync = [json.loads(resolved(f)) for _, to, f in self.net.queue if to == B]
+        adds = [f["payload"] for f in sync if f["type"] == "PUBLIC_CHANNEL_ADD"]
+        self.assertEqual([a["sync"] for a in adds], [True])
+        self.assertEqual(sorted(adds[0]["add"]), sorted([ALICE, BOB]))
+
+    def test_a_burst_of_local_changes_is_one_emit(self) -> None:
+        """Joins and leaves in one reactor turn (a storm, a mass disconnect) are made into events
+        together: one store write, one ADD (per chunk), one log line; a join and a leave of the
+        same user in that turn make no event."""
+        store = GatedStore()
+        node = Node(self.net, A, store=store).start()
+        self.net.link(A, B)
+        users = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(50)]
+        links = []
+        for user_id in users:
+            link = FakeLink(f"user-{user_id[:8]}", role="user", identity=user_id)
+            node.presence.user_online_local(user_id, user_pub(ALICE), {}, link)
+            links.append(link)
+        node.presence.user_offline_local(users[-1])  # came and went in the same turn
+        self.assertEqual(node.state.version, 0)  # nothing yet: the turn is not over
+        self.net.clock.advance(0)
+        self.assertEqual(node.state.version, 49)
+        self.assertEqual(len(store.waiting), 1)  # one write for all of them
+        store.release()
+        [add] = self.sent_adds()
+        self.assertEqual(sorted(add["add"]), sorted(users[:-1]))
+        for user_id in users[:-1]:
+            node.presence.user_offline_local(user_id)
+        self.net.clock.advance(0)
+        self.assertEqual((node.state.version, node.state.members()), (98, {}))
+        self.assertEqual(len(store.waiting), 1)
+
     def test_unsaved_events_are_not_sent(self) -> None:
         store = GatedStore()
         node = Node(self.net, A, store=store).start()
+        self.net.link(A, B)
         self.net.join_user(node, ALICE)
         store.release(fail_with=RuntimeError("disk full"))
         self.assertEqual(self.sent_adds(), [])

@@ -132,6 +132,7 @@ class ConvergenceTests(PublicTestBase):
         b.presence.user_online_local(
             ALICE, user_pub(ALICE), {}, FakeLink("alice-b", role="user", identity=ALICE)
         )
+        self.net.clock.advance(0)  # the end of the turn: b makes its join event
         sent = self.net.pump()
         self.assertLess(sent, 20)
         self.assert_converged([a, b])
