@@ -1,8 +1,8 @@
 """The users of ``connect_storm.py``: light storm users that only count, and the DM probe.
 
 :class:`StormUser` is a :class:`RawUser` that says a first-use USER_HELLO (with
-``"presence": "lists"`` like ``socp-client``, or without it: the spec's per-event
-presence), waits for its ACK and from then on only counts what the server sends: bytes,
+``"presence": "follow"`` like ``socp-client``, ``"lists"``, or without it: the spec's
+per-event presence), waits for its ACK and from then on only counts what the server sends: bytes,
 and messages by walking the WebSocket frame headers without copying any payload, so
 that thousands of them cost the load generator little.  It answers pings and closes.
 
@@ -10,7 +10,9 @@ that thousands of them cost the load generator little.  It answers pings and clo
 conforming MSG_DIRECT every ``interval`` seconds (open loop: a send does not wait for
 the previous delivery), pre-signed a few seconds ahead in threads (the ts window allows
 300 s), and records each DM's latency under the phase it was sent in, and the public
-channel pushes (PUBLIC_CHANNEL_UPDATED) one of them receives per phase.
+channel pushes (PUBLIC_CHANNEL_UPDATED) one of them receives per phase.  In follow mode
+each follows its partner (PRESENCE_FOLLOW) as ``socp-client`` follows whom it talks to, and
+the first subscribes to the public channel, as ``socp-client`` does on its first ``/all``.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class StormUser(RawUser):
 
     def hello(self):
         payload = {"client": self.client_name, "pubkey": self.pubkey}
-        if self.presence == "lists":
-            payload["presence"] = "lists"
+        if self.presence in ("follow", "lists"):
+            payload["presence"] = self.presence
         self.send_frame("USER_HELLO", "*", payload)
         return self.acked
 
@@ -135,7 +137,7 @@ def start_user(reactor, port: int, user: RawUser, failures: Counter) -> None:
 class DmProbe:
     """``len(keys)`` real-key users in pairs (0<->1, 2<->3, ...) exchanging DMs every ``interval`` s."""
 
-    def __init__(self, reactor, keys: list, interval: float = 0.05, presence: str = "lists") -> None:
+    def __init__(self, reactor, keys: list, interval: float = 0.05, presence: str = "follow") -> None:
         self.reactor = reactor
         self.keys = [UserKey(k) for k in keys]
         self.users = [StormDmUser(self, key.text, presence) for key in self.keys]
@@ -162,6 +164,11 @@ class DmProbe:
         await until(lambda: all(u.acked.called for u in self.users), "the DM users' hellos", 30)
         if failures:
             raise RuntimeError(f"DM users refused: {dict(failures)}")
+        if self.users[0].presence == "follow":
+            for i, user in enumerate(self.users):
+                partner = self.users[i ^ 1 if (i ^ 1) < len(self.users) else 0]
+                user.send_frame("PRESENCE_FOLLOW", "*", {"user_ids": [partner.user_id]})
+            self.users[0].send_frame("PUBLIC_CHANNEL_SUBSCRIBE", "*", {})
         self._refill()
         await until(lambda: len(self.pool) >= 20, "the first signed DMs", 60)
 

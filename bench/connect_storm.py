@@ -6,8 +6,9 @@ and, on it, the DM probe: ``--dm-users`` real-key users exchanging a MSG_DIRECT 
 ``--dm-interval`` s throughout (open loop; bench/_storm_users.py).  Then:
 
 1. **Connect storm**: N light raw WebSocket users (random-modulus RSA-4096 public keys,
-   first-use hellos, ``"presence": "lists"`` like ``socp-client``, or ``--presence events``
-   for the spec's per-event frames) connect ``--batch`` at a time, no pacing: a batch
+   first-use hellos, ``"presence": "follow"`` like ``socp-client``, ``--presence lists``
+   for batched lists of everyone, or ``--presence events`` for the spec's per-event frames)
+   connect ``--batch`` at a time, no pacing: a batch
    starts when the previous one's hellos are all acknowledged.  Measured: time until every
    ACK, time until the server is idle, server CPU seconds (/proc), the messages and bytes
    the users received (in all and per login), peak RSS (VmHWM and VmRSS sampled every
@@ -22,7 +23,7 @@ and, on it, the DM probe: ``--dm-users`` real-key users exchanging a MSG_DIRECT 
 5% of a core over 1.5 s.  Every wait is bounded (``--timeout`` per phase); a phase that
 does not finish is reported as such with what was reached.  Only 127.0.0.1 is used.
 
-    python bench/connect_storm.py [--users 1000,5000,10000] [--batch 100] [--presence lists|events]
+    python bench/connect_storm.py [--users 1000,5000,10000] [--batch 100] [--presence follow|lists|events]
         [--dm-users 4] [--dm-interval 0.05] [--timeout 900] [--after 60] [--profile DIR]
 
 ``--profile DIR`` runs cProfile in the server during each phase (reactor thread only) and
@@ -290,7 +291,10 @@ if __name__ == "__main__":
         help="users connecting at once (default 100, the per-address unidentified limit)",
     )
     parser.add_argument(
-        "--presence", choices=("lists", "events"), default="lists", help="the users' presence mode"
+        "--presence",
+        choices=("follow", "lists", "events"),
+        default="follow",
+        help="the users' presence mode (default follow, as socp-client)",
     )
     parser.add_argument(
         "--dm-users", type=int, default=4, help="real-key DM probe users, in pairs (default 4)"
