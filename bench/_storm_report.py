@@ -74,6 +74,14 @@ def log_events(path: Path, offset: int) -> dict:
         if fmt.startswith("Public channel: {member}"):
             out["joined" if event.get("what") == "joined" else "left"] += 1
             out["versions"].append(event.get("version"))
+            out["emits"] = out.get("emits", 0) + 1
+        elif fmt.startswith("Public channel: {joined} joined"):  # one line for a turn's events
+            joined, left, version = event.get("joined", 0), event.get("left", 0), event.get("version")
+            out["joined"] += joined
+            out["left"] += left
+            if isinstance(version, int):
+                out["versions"] += [version - joined - left + 1, version]
+            out["emits"] = out.get("emits", 0) + 1
         elif fmt.startswith("Public channel key for version") and "made here" in fmt:
             out["keys_made"] += 1
         if level in ("warn", "error", "critical"):
@@ -211,8 +219,12 @@ def print_tables(results: list[dict], brief: bool = False) -> None:
             f"DM-only server CPU {r['base_rate']:.2f} cores"
         ]
         extra.append(
-            f"storm: public channel version +{s['log']['version_change']}, re-keys {s['log']['keys_made']}"
+            f"storm: public channel version +{s['log']['version_change']} in "
+            f"{s['log'].get('emits', 0)} emits, re-keys {s['log']['keys_made']}"
         )
+        if "disconnect" in r:
+            emits = r["disconnect"]["log"].get("emits", 0)
+            extra.append(f"disconnect: public channel events in {emits} emits")
         extra.append(f"pushes seen by a DM user {s['dm']['pushes']} ({s['dm']['push_frames']} frames)")
         if s["failures"]:
             extra.append(f"failures {s['failures']}")
