@@ -164,12 +164,8 @@ class _Hello:
             return
         self._user_keys.pin_local(claim.user_id, claim.pubkey, registered=False)
         self.counters["tofu_pinned"] += 1
-        self._log.info(
-            "Pinned the key of user {user} on first use ({fp})",
-            user=claim.user_id,
-            fp=crypto.fingerprint(claim.key),
-        )
-        self._go_online(state, claim, "first use")
+        # One line for the login, the pin in it: a storm of first-use hellos is one event each.
+        self._go_online(state, claim, f"first use: key {crypto.fingerprint(claim.key)} pinned")
 
     def _key_differs(self, state: _UserLink, claim: _HelloClaim) -> None:
         self.counters["tofu_key_mismatch"] += 1
