@@ -42,6 +42,9 @@ class Pushes:
         self.pushed: dict[str, str] = {}  # the membership local users were last told
         self.pushed_version = 0
         self._awaiting_snapshot: dict[str, ILink] = {}
+        #: The local users told of the channel (all but unsubscribed follow-mode links), kept
+        #: as they come and go: a push names its links without a scan of every local user.
+        self._told: dict[str, ILink] = {}
         self._last_push: float | None = None  # clock time local users were last told a change
         self._push_timer: IDelayedCall | None = None
         # The snapshot frames of ``pushed`` (signed once, to "*"), shared by the users arriving
@@ -70,6 +73,7 @@ class Pushes:
         """
         if not wants_pushes(link):
             return
+        self._told[user_id] = link
         self._awaiting_snapshot[user_id] = link
         # After the USER_HELLO's ACK, which the user side sends once observers returned.
         channel = self._channel
@@ -84,16 +88,20 @@ class Pushes:
     def user_left(self, user_id: str, link: ILink) -> None:
         if self._awaiting_snapshot.get(user_id) is link:
             del self._awaiting_snapshot[user_id]
+        if self._told.get(user_id) is link:
+            del self._told[user_id]
 
     def awaiting_snapshot(self, user_id: str, link: ILink) -> bool:
         """True while ``user_id`` on ``link`` waits for its snapshot (nothing else goes before it)."""
         return self._awaiting_snapshot.get(user_id) is link
 
     def _local_links(self) -> list[ILink]:
+        """The links a push goes to: users told of the channel, their snapshot sent."""
+        local_link, awaiting = self._channel.presence.local_link, self._awaiting_snapshot
         return [
-            e.link
-            for e in self._channel.presence.local_entries()
-            if self._awaiting_snapshot.get(e.user_id) is not e.link and wants_pushes(e.link)
+            link
+            for user_id, link in self._told.items()
+            if awaiting.get(user_id) is not link and local_link(user_id) is link
         ]
 
     def gets_shares(self, user_id: str, link: ILink) -> bool:
