@@ -93,28 +93,29 @@ def wait_until(
 
 
 @inlineCallbacks
-def poll_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT):
-    """Return ``condition()``'s value once it is truthy, looking every 20 ms; fail after
-    ``timeout`` seconds.  Only for state that no event announces (see :func:`wait_until`)."""
+def poll_until(
+    condition: Callable[[], Any], what: str, timeout: float = TIMEOUT, interval: float = POLL_INTERVAL
+):
+    """Return ``condition()``'s value (or that of the Deferred it returns) once it is truthy,
+    looking every ``interval`` s; fail after ``timeout`` seconds.  Only for state that no event
+    announces (see :func:`wait_until`)."""
     deadline = reactor.seconds() + timeout
     while True:
         value = condition()
+        if isinstance(value, Deferred):
+            value = yield value
         if value:
             return value
         if reactor.seconds() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        yield deferLater(reactor, POLL_INTERVAL, lambda: None)
+        yield deferLater(reactor, interval, lambda: None)
 
 
-@inlineCallbacks
-def until_listed(session: Any, user_id: str, timeout: float = TIMEOUT):
+def until_listed(session: Any, user_id: str, timeout: float = TIMEOUT) -> Deferred:
     """Wait until ``session``'s server lists ``user_id`` as online, asking it (LIST_REQUEST, as
     ``/list`` does) every 50 ms: our client hears of other users only when it follows them."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        online = yield session.refresh_directory()
-        if online and user_id in online:
-            return
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"{user_id} never listed by {session.server_url}")
-        yield deferLater(reactor, 0.05, lambda: None)
+
+    def listed() -> Deferred:
+        return session.refresh_directory().addCallback(lambda online: bool(online and user_id in online))
+
+    return poll_until(listed, f"{user_id} listed by {session.server_url}", timeout, interval=0.05)
