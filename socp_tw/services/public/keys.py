@@ -22,6 +22,7 @@ __all__ = [
     "MAX_PENDING_KEYS",
     "WRAPPED_NAMES",
     "GroupKey",
+    "KeyNotWanted",
     "KeyPart",
     "PartialKey",
     "make_key_parts",
@@ -87,27 +88,44 @@ class GroupKey:
         }
 
 
+class KeyNotWanted(Exception):
+    """The membership moved on while its key was being made: the rest is not worth making."""
+
+
 def make_key_parts(
-    sign: Callable[[bytes], str], creator_pub: str, members: list[tuple[str, str]], shares_per_part: int
+    sign: Callable[[bytes], str],
+    creator_pub: str,
+    members: list[tuple[str, str]],
+    shares_per_part: int,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Make a fresh 256-bit group key, wrap it for each (member id, pubkey), sign the shares.
 
     ``sign`` makes a content_sig over a preimage (``ISigner.sign_content_now``).  Runs on the
-    worker pool.  The clear key exists only inside this call.
+    worker pool.  The clear key exists only inside this call.  ``still_wanted`` is asked
+    before each part: when it says no (the version changed), :class:`KeyNotWanted` is raised,
+    so a key outdated during a storm costs one part, not all of them (10,000 members: ~1.6 s).
     """
     group_key = secrets.token_bytes(32)
-    shares = [
-        {
-            "member": member,
-            "wrapped_public_channel_key": crypto.oaep_encrypt(crypto.load_public_key(pubkey), group_key),
-        }
-        for member, pubkey in members
-    ]
-    del group_key
-    return [
-        {"shares": chunk, "content_sig": sign(crypto.keyshare_preimage(chunk, creator_pub))}
-        for chunk in chunks(shares, shares_per_part)
-    ]
+    parts = []
+    try:
+        for chunk in chunks(members, shares_per_part):
+            if still_wanted is not None and not still_wanted():
+                raise KeyNotWanted()
+            shares = [
+                {
+                    "member": member,
+                    "wrapped_public_channel_key": crypto.oaep_encrypt(
+                        crypto.load_public_key(pubkey), group_key
+                    ),
+                }
+                for member, pubkey in chunk
+            ]
+            content_sig = sign(crypto.keyshare_preimage(shares, creator_pub))
+            parts.append({"shares": shares, "content_sig": content_sig})
+    finally:
+        del group_key
+    return parts
 
 
 @dataclass

@@ -21,6 +21,7 @@ from socp_tw.logs import get_logger
 from socp_tw.services.public.keys import (
     MAX_PENDING_KEYS,
     GroupKey,
+    KeyNotWanted,
     PartialKey,
     make_key_parts,
     parse_key_part,
@@ -148,8 +149,18 @@ class Rekeying:
         self._last_key_started = channel.clock.seconds()
         channel.counters["keys_started"] += 1
         signer = channel.signer
+        state = channel.state
+
+        def still_wanted() -> bool:  # read from the pool's thread: one int compared
+            return state.version == version
+
         d = channel.workers.run(
-            make_key_parts, signer.sign_content_now, signer.public_key_text, members, channel.shares_per_part
+            make_key_parts,
+            signer.sign_content_now,
+            signer.public_key_text,
+            members,
+            channel.shares_per_part,
+            still_wanted,
         )
         d.addCallbacks(self._generated, self._generate_failed, callbackArgs=(version,))
         d.addBoth(self._generation_over)
@@ -178,6 +189,10 @@ class Rekeying:
         self._adopt(key)
 
     def _generate_failed(self, failure: Failure) -> None:
+        if failure.check(KeyNotWanted):
+            self._channel.counters["keys_abandoned"] += 1  # made again (when due) below
+            self._generate_again = True
+            return
         self._channel.counters["keys_failed"] += 1
         self._log.failure("Could not make a public channel key", failure)
 

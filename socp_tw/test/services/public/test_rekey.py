@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred, maybeDeferred
+
 from socp_tw import crypto, wire
 from socp_tw.services.public import (
     GROUP,
@@ -24,7 +26,42 @@ from socp_tw.test.services.public.sim import (
 from socp_tw.testing import FakeLink
 
 
+class _HeldWorkers:
+    """Workers that run a job only when released (a key being made while users come)."""
+
+    size = 1
+
+    def __init__(self) -> None:
+        self.waiting: list = []
+
+    def run(self, f, *args, **kwargs):
+        d = Deferred()
+        self.waiting.append((d, f, args, kwargs))
+        return d
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d, f, args, kwargs in waiting:
+            maybeDeferred(f, *args, **kwargs).chainDeferred(d)
+
+
 class KeyTests(PublicTestBase):
+    def test_a_key_outdated_while_made_is_abandoned_and_made_again(self) -> None:
+        """The membership moved on while its key was being made: the rest of it is not made
+        (KeyNotWanted at the next part); the key for the new membership comes when due."""
+        a = self.node(A, rekey_interval=5.0, shares_per_part=1)
+        held = a.public.workers = _HeldWorkers()
+        self.net.join_user(a, ALICE)
+        self.assertEqual(len(held.waiting), 1)  # ALICE's key, being made
+        self.net.join_user(a, BOB)  # version 2 before it is done
+        held.release()
+        self.assertEqual(a.public.counters["keys_abandoned"], 1)
+        self.assertIsNone(a.public.key)
+        self.net.clock.advance(5.0)
+        held.release()
+        self.assertEqual((a.public.key.version, a.public.key.member_ids()), (2, {ALICE, BOB}))
+        self.assertEqual(a.public.counters["keys_made"], 1)
+
     def test_only_the_leader_makes_keys_and_others_hand_them_out(self) -> None:
         a, b = self.mesh(A, B)
         self.net.join_user(b, BOB)
