@@ -9,11 +9,14 @@ The server's code is unchanged; before it starts this launcher may
 * profile the reactor thread (``$SOCP_STORM_PROFILE``, a path prefix): SIGUSR1 starts a
   ``cProfile`` run, SIGUSR2 stops it and writes ``<prefix>.<k>.prof`` (k = 0, 1, ...).  Only the
   main thread is profiled, in its CPU time; the signing pool's RSA work shows as CPU time outside it.
+* log the cyclic garbage collector's pauses (``$SOCP_STORM_GC_LOG``, a path): one line per
+  collection of 5 ms or more, ``<monotonic s> <generation> <ms> <objects collected>``.
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import os
 import runpy
 import signal
@@ -49,7 +52,24 @@ class _Profiling:
             self.profile = None
 
 
+def _log_gc_pauses(path: str) -> None:
+    out = open(path, "a", buffering=1)  # open for the life of the process
+    started: list[float] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            pause = (time.perf_counter() - started[0]) * 1e3
+            if pause >= 5:
+                out.write(f"{time.monotonic():.3f} {info['generation']} {pause:.1f} {info['collected']}\n")
+
+    gc.callbacks.append(callback)
+
+
 if __name__ == "__main__":
+    if os.environ.get("SOCP_STORM_GC_LOG"):
+        _log_gc_pauses(os.environ["SOCP_STORM_GC_LOG"])
     if os.environ.get("SOCP_STORM_MAX_CONNECTIONS"):
         _raise_limits(os.environ["SOCP_STORM_MAX_CONNECTIONS"])
     if os.environ.get("SOCP_STORM_PROFILE"):

@@ -142,6 +142,8 @@ async def one_size(reactor, options, n: int, keys: list, work: Path) -> dict:
     env = {"SOCP_STORM_MAX_CONNECTIONS": str(max(10_000, n + 100))}
     if options.profile:
         env["SOCP_STORM_PROFILE"] = str(Path(options.profile) / f"server-{n}")
+    if options.gc_log:
+        env["SOCP_STORM_GC_LOG"] = str(Path(options.gc_log).resolve()) + f".{n}"
     extra = ("--metrics", f"tcp:{metrics_port}:interface=127.0.0.1", "--log-format", "json")
     server = ServerProcess(
         work, f"s{n}", keys[0], log_level="info", extra_args=extra, launcher=LAUNCHER, env=env
@@ -314,6 +316,9 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--profile-top", type=int, default=25, help="functions printed per profile (default 25)"
+    )
+    parser.add_argument(
+        "--gc-log", metavar="PATH", help="the server logs its GC pauses of 5 ms or more to PATH.<N>"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     opts = parser.parse_args()
