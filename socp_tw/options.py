@@ -12,6 +12,7 @@ from twisted.python import usage
 from socp_tw import tls, wire
 from socp_tw.admin.peers import parse_duration
 from socp_tw.bootstrap import BootstrapError, load_bootstrap
+from socp_tw.gcpolicy import DEFAULT_THAW_INTERVAL
 from socp_tw.identity import IDENTITY_FILE
 from socp_tw.limits import DEFAULT_LIMITS
 from socp_tw.listener import BindAddress, parse_bind, parse_ws_url
@@ -90,6 +91,13 @@ class Options(usage.Options):
             None,
             f"{TRIM_INTERVAL:g}",
             "Seconds between checks that return memory freed after a burst to the OS (glibc; 0: never).",
+        ],
+        [
+            "gc-thaw-interval",
+            None,
+            f"{DEFAULT_THAW_INTERVAL:g}",
+            "Longest seconds the survivors of a full garbage collection stay frozen (short GC pauses"
+            " with many users; 0: plain CPython collection).",
         ],
         ["hold-days", None, "7", "Days a DM for an offline or unreachable user is held before it expires."],
     ]
@@ -173,6 +181,7 @@ class Options(usage.Options):
         self._post_file_options()
         self._post_security_options()
         self._seconds("memory-trim-interval", 0, 86400, low_means="off")
+        self._seconds("gc-thaw-interval", 0, 86400, low_means="off")
         try:
             self["hold-days"] = float(self["hold-days"])
         except ValueError:

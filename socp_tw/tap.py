@@ -17,6 +17,7 @@ from twisted.application.service import MultiService
 
 from socp_tw.admin.peers import PeerSweeper
 from socp_tw.admin.server import Admin, AdminService
+from socp_tw.gcpolicy import CollectorPolicy
 from socp_tw.identity import IdentityError, load_or_create_identity
 from socp_tw.limits import Limits
 from socp_tw.listener import BindAddress, make_listener
@@ -158,6 +159,9 @@ def makeService(config: Options, reactor=None) -> MultiService:
     StatusReporter(mesh, presence, config["status-interval"], clock=reactor).setServiceParent(top)
     if config["memory-trim-interval"] > 0:
         MemoryTrimmer(clock=reactor, interval=config["memory-trim-interval"]).setServiceParent(top)
+    if config["gc-thaw-interval"] > 0:
+        thaw = config["gc-thaw-interval"]
+        CollectorPolicy(lambda: presence.counts()[0], reactor, thaw_interval=thaw).setServiceParent(top)
     # Outgoing links start once the listener knows its port (we announce it) and stop first.
     OutgoingLinks(
         mesh,

@@ -141,8 +141,15 @@ class MakeServiceTests(SynchronousTestCase):
             "files",
         ]
         expected.append("listener")
-        expected += ["status", "memory-trim", "outgoing", "public", "peer-sweeper", "admin", "systemd"]
+        expected += ["status", "memory-trim", "gc-policy", "outgoing"]
+        expected += ["public", "peer-sweeper", "admin", "systemd"]
         self.assertEqual(names, expected)
+
+    def test_gc_policy_off(self) -> None:
+        data = prepare_data_dir(self, 0)
+        options = parse("--bind", "ws://127.0.0.1:0", "--data-dir", data, "--gc-thaw-interval", "0")
+        self.assertNotIn("gc-policy", [s.name for s in makeService(options)])
+        self.assertEqual(parse()["gc-thaw-interval"], 600.0)
 
     def test_memory_trim_off(self) -> None:
         data = prepare_data_dir(self, 0)
