@@ -94,7 +94,8 @@ class PublicChannel(SessionCore):
             )
         self._count("public_sent")
         suffix = f", {len(plaintexts)} parts each" if len(plaintexts) > 1 else ""
-        self.show(f"[public] sent to {len(recipients)} members{suffix}: {printable(text)}")
+        members = "1 member" if len(recipients) == 1 else f"{len(recipients)} members"
+        self.show(f"[public] sent to {members}{suffix}: {printable(text)}")
 
     def _subscribe_public(self) -> None:
         """``PUBLIC_CHANNEL_SUBSCRIBE``, once per link, if the membership has not come by itself:

@@ -142,7 +142,7 @@ class ClientPublicTests(SynchronousTestCase):
         self.assertEqual(len(frames), 2)
         plains = [crypto.oaep_decrypt(user_key(BOB), f["payload"]["ciphertext"]).decode() for f in frames]
         self.assertTrue(all(PART_RE.match(p) for p in plains))
-        self.assertIn(f"[public] sent to 1 members, 2 parts each: {text}", self.ui.lines)
+        self.assertIn(f"[public] sent to 1 member, 2 parts each: {text}", self.ui.lines)
 
     def test_all_with_nobody_else_or_no_membership(self) -> None:
         pending = self.session.send_all("anyone?")
