@@ -101,11 +101,14 @@ class _Adverts:
             entry = self._presence.lookup(other)
             if other != user_id and other not in cache and entry is not None:
                 frame = self._signer.frame("USER_ADVERTISE", "*", _advert_payload(entry, pem))
-                frame.addErrback(lambda f: None)  # each copy fails (and is logged) on its own
+                frame.addErrback(self._replay_unsigned)  # then not cached; each copy is skipped
                 self._cache(cache, other, frame)
         for other, frame in list(cache.items()):
             if other != user_id:
                 link.send(copies_of(frame, 1)[0])
+
+    def _replay_unsigned(self, failure: Any) -> None:
+        self._log.failure("Could not sign USER_ADVERTISE for a newcomer's replay", failure)
 
     def user_offline(self, entry: Any) -> None:
         self._adverts.pop(entry.user_id, None)

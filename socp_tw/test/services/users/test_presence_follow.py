@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import fail
+
 from socp_tw import crypto, wire
 from socp_tw.services.users.follows import MAX_FOLLOWS
 from socp_tw.test.keys import test_key
@@ -176,3 +178,18 @@ class PresenceFollowTests(UserSideTestBase):
         # The first spec client's advert (nobody needed it when it came) and the new one's own
         # (for the first): the others' are replayed as signed before.
         self.assertEqual(len(signed_adverts()), 2)
+
+    def test_a_replay_signature_that_fails_is_logged_and_skipped(self) -> None:
+        first, _ = self.follower()  # nobody hears its advert: not signed
+        inner = self.workers.run
+
+        def failing(f, *args, **kwargs):
+            if args and args[0] == "USER_ADVERTISE":
+                return fail(RuntimeError("signing broke"))  # as the pool reports it
+            return inner(f, *args, **kwargs)
+
+        self.patch(self.workers, "run", failing)
+        _, got = self.hello_frames(None)
+        self.assertEqual(got, ["ACK"])  # the copy was skipped, the link goes on
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertNotIn(first, self.users._adverts)
