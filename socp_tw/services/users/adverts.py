@@ -147,8 +147,7 @@ class _Adverts:
         self._presence_call = None
         batch, self._presence_batch = self._presence_batch, {}
         self._list_links.intersection_update(self._links)  # closed links leave
-        lists = self._list_links
-        links = [e.link for e in self._presence.local_entries() if e.link.link_id in lists]
+        links = [self._links[link_id].link for link_id in self._list_links]  # no scan of every user
         if not links or not batch:
             return
         changes = list(batch.values())
