@@ -97,16 +97,17 @@ class Pushes:
 
     def _local_links(self) -> list[ILink]:
         """The links a push goes to: users told of the channel, their snapshot sent."""
-        local_link, awaiting = self._channel.presence.local_link, self._awaiting_snapshot
+        local_link = self._channel.presence.local_link
         return [
             link
             for user_id, link in self._told.items()
-            if awaiting.get(user_id) is not link and local_link(user_id) is link
+            if self.gets_shares(user_id, link) and local_link(user_id) is link
         ]
 
     def gets_shares(self, user_id: str, link: ILink) -> bool:
-        """Whether ``user_id``'s key share goes to ``link`` now (subscribed, snapshot sent)."""
-        return wants_pushes(link) and self._awaiting_snapshot.get(user_id) is not link
+        """Whether pushes and ``user_id``'s key share go to ``link`` now: told of the channel
+        (not a follow-mode link that has not subscribed), its snapshot sent."""
+        return self._told.get(user_id) is link and self._awaiting_snapshot.get(user_id) is not link
 
     def _fan_out(self, frame_type: str, payload: dict[str, Any], links: list[ILink]) -> None:
         """Sign one frame (to ``"*"``) and send the same bytes on every link of ``links``."""
