@@ -107,8 +107,54 @@ def _dm(dm: dict) -> str:
     return f"{_ms(dm['p50'])}/{_ms(dm['p99'])}/{_ms(dm['max'])}"
 
 
+def _late(dm: dict) -> str:
+    return f"{dm['late']}/{dm['lost']}/{dm['sent']}"
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _header(columns: list[str]) -> None:
+    print(_row(columns))
+    print(_row(["---"] * len(columns)))
+
+
+STORM_COLUMNS = [
+    "users",
+    "acked",
+    "all ACKs s",
+    "idle s",
+    "server CPU s",
+    "ms/login",
+    "msgs to users",
+    "msgs/login",
+    "MB to users",
+    "KB/login",
+    "signed",
+    "peak RSS MB",
+    "settled MB",
+    "bench CPU s",
+    "DM p50/p99/max ms",
+    "DM late/lost/sent",
+]
+
+DISCONNECT_COLUMNS = [
+    "users",
+    "idle s",
+    "server CPU s",
+    "steady MB",
+    "peak MB",
+    "peak/steady",
+    "RSS MB after",
+    "after/steady",
+    "version +",
+    "re-keys",
+    "pushes (frames)",
+    "bench CPU s",
+    "DM p50/p99/max ms",
+    "DM late/lost/sent",
+]
 
 
 def print_tables(results: list[dict], brief: bool = False) -> None:
@@ -117,29 +163,7 @@ def print_tables(results: list[dict], brief: bool = False) -> None:
     if not done:
         return
     print("\nconnect storm")
-    print(
-        _row(
-            [
-                "users",
-                "acked",
-                "all ACKs s",
-                "idle s",
-                "server CPU s",
-                "ms/login",
-                "msgs to users",
-                "msgs/login",
-                "MB to users",
-                "KB/login",
-                "signed",
-                "peak RSS MB",
-                "settled MB",
-                "bench CPU s",
-                "DM p50/p99/max ms",
-                "DM late/lost/sent",
-            ]
-        )
-    )
-    print(_row(["---"] * 16))
+    _header(STORM_COLUMNS)
     for r in done:
         s, n = r["storm"], r["n"]
         print(
@@ -160,36 +184,16 @@ def print_tables(results: list[dict], brief: bool = False) -> None:
                     f"{s['settled_rss'] / MB:.0f}",
                     f"{s['bench_cpu']:.1f}",
                     _dm(s["dm"]),
-                    f"{s['dm']['late']}/{s['dm']['lost']}/{s['dm']['sent']}",
+                    _late(s["dm"]),
                 ]
             )
         )
     print("\nmass disconnect (TCP abort of all)")
-    print(
-        _row(
-            [
-                "users",
-                "idle s",
-                "server CPU s",
-                "steady MB",
-                "peak MB",
-                "peak/steady",
-                "RSS MB after",
-                "after/steady",
-                "version +",
-                "re-keys",
-                "pushes (frames)",
-                "bench CPU s",
-                "DM p50/p99/max ms",
-                "DM late/lost/sent",
-            ]
-        )
-    )
-    print(_row(["---"] * 14))
+    _header(DISCONNECT_COLUMNS)
     for r in done:
         d = r.get("disconnect")
         if d is None:
-            print(_row([f"{r['n']}", "not run"] + [""] * 12))
+            print(_row([f"{r['n']}", "not run"] + [""] * (len(DISCONNECT_COLUMNS) - 2)))
             continue
         steady = d["steady_rss"]
         print(
@@ -208,7 +212,7 @@ def print_tables(results: list[dict], brief: bool = False) -> None:
                     f"{d['dm']['pushes']} ({d['dm']['push_frames']})",
                     f"{d['bench_cpu']:.1f}",
                     _dm(d["dm"]),
-                    f"{d['dm']['late']}/{d['dm']['lost']}/{d['dm']['sent']}",
+                    _late(d["dm"]),
                 ]
             )
         )
