@@ -82,6 +82,12 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, parse, "--memory-trim-interval", bad)
             self.assertIn("--memory-trim-interval", str(e))
 
+    def test_gc_thaw_interval(self) -> None:
+        self.assertEqual(parse("--gc-thaw-interval", "60")["gc-thaw-interval"], 60.0)
+        for bad in ("x", "-1", "nan", "86401"):
+            e = self.assertRaises(usage.UsageError, parse, "--gc-thaw-interval", bad)
+            self.assertIn("--gc-thaw-interval", str(e))
+
 
 class IdentityTests(SynchronousTestCase):
     def test_reused(self) -> None:
